@@ -1,0 +1,59 @@
+# Two commands for a fresh machine with Python >= 3.10 and pip:
+#   make book   set up .venv if needed, then execute every chapter into build/
+#   make test   set up .venv if needed, then run the unit tests and execute every notebook
+# Bring your own environment with PYTHON=/path/to/python (it must have pip).
+
+VENV   := .venv
+STAMP  := $(VENV)/.installed
+
+ifeq ($(origin PYTHON), undefined)
+PY     := $(VENV)/bin/python
+SETUP  := $(STAMP)
+else
+PY     := $(PYTHON)
+SETUP  := setup-own-env
+endif
+
+# The quick-mode switch the chapters read; CI sets CI=true, which implies it.
+QUICK ?=
+ifeq ($(QUICK),1)
+export SPPNET_QUICK := 1
+endif
+
+.PHONY: setup setup-own-env book test unit notebooks lab bench data clean
+
+setup: $(SETUP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --upgrade pip
+	$(VENV)/bin/python -m pip install -e '.[dev]'
+	touch $@
+
+setup-own-env:
+	@$(PY) -c "import sppnet_lite.cli, nbval, hypothesis" 2>/dev/null || $(PY) -m pip install -e '.[dev]'
+
+book: $(SETUP)
+	$(PY) -m sppnet_lite.cli book $(if $(filter 1,$(QUICK)),--quick,)
+
+test: $(SETUP)
+	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=900 chapters
+
+unit: $(SETUP)
+	$(PY) -m pytest -q tests
+
+notebooks: $(SETUP)
+	$(PY) -m pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=900 chapters
+
+lab: $(SETUP)
+	$(PY) -m jupyter lab chapters
+
+bench: $(SETUP)
+	$(PY) benchmarks/bench_spp.py
+
+data: $(SETUP)
+	$(PY) -m sppnet_lite.cli data make $(if $(filter 1,$(QUICK)),--quick,)
+
+clean:
+	rm -rf build

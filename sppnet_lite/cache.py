@@ -1,0 +1,87 @@
+"""Content-keyed, atomic on-disk caches shared by proposals, features and checkpoints.
+
+Two rules make every cache in the book safe to interrupt and impossible to read
+stale: a file is written under a temporary name and renamed into place only
+when complete (:func:`atomic_path`), and its name contains a hash of every input
+that determines its content (:func:`config_hash`, :func:`array_hash`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+
+def config_hash(config: object, length: int = 16) -> str:
+    """Stable hex digest of a JSON-serialisable configuration (dict keys sorted)."""
+    text = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def array_hash(array: np.ndarray, length: int = 16) -> str:
+    """Hex digest of an array's dtype, shape and bytes (e.g. an image's content)."""
+    array = np.ascontiguousarray(array)
+    digest = hashlib.sha256(f"{array.dtype}{array.shape}".encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()[:length]
+
+
+def file_hash(path: str | os.PathLike, length: int = 16) -> str:
+    """Hex digest of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:length]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
+
+    An exception (or a killed process) leaves ``path`` untouched: readers see
+    either the old complete file or the new complete file, never half of one.
+    The temporary name keeps ``path``'s suffix so that libraries which append a
+    suffix (``np.savez``) write where we expect.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
+    """``np.savez`` to ``path`` atomically (no pickled objects: plain arrays only)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+    return path
+
+
+def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Load an ``.npz`` written by :func:`save_npz_atomic` without unpickling."""
+    with np.load(path, allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}
+
+
+def save_json_atomic(path: str | os.PathLike, obj: object) -> Path:
+    """Write ``obj`` as indented JSON atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    return path
