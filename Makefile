@@ -36,15 +36,16 @@ setup-own-env:
 book: $(SETUP)
 	$(PY) -m sppnet_lite.cli book $(if $(filter 1,$(QUICK)),--quick,)
 
+# Tests always execute the notebooks in quick mode (what CI runs).
 test: $(SETUP)
-	$(PY) -m pytest -q tests
-	$(PY) -m pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=900 chapters
+	SPPNET_QUICK=1 $(PY) -m pytest -q tests
+	SPPNET_QUICK=1 $(PY) -m pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=900 chapters
 
 unit: $(SETUP)
 	$(PY) -m pytest -q tests
 
 notebooks: $(SETUP)
-	$(PY) -m pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=900 chapters
+	SPPNET_QUICK=1 $(PY) -m pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=900 chapters
 
 lab: $(SETUP)
 	$(PY) -m jupyter lab chapters

@@ -46,3 +46,92 @@ def draw_boxes(ax, boxes, labels: Sequence[int] | None = None, scores: Sequence[
         if caption:
             ax.text(x1, y1, " ".join(caption), fontsize=7, color="white", va="bottom",
                     bbox=dict(facecolor=edge, alpha=0.8, pad=1, edgecolor="none"))
+
+
+def draw_bins(ax, height: int, width: int, row_bins, col_bins, title: str | None = None) -> int:
+    """Draw a ``height × width`` feature map as a grid of cells with pyramid bins on top.
+
+    ``row_bins``/``col_bins`` are half-open ``(start, end)`` cell ranges, e.g. from
+    :func:`sppnet_lite.spp_numpy.pyramid_bins`. Each bin is outlined in its own colour
+    (slightly inset, so overlapping bins stay visible); cells that no bin covers are
+    shaded red. Returns the number of uncovered cells. Taught in chapter 02.
+    """
+    import matplotlib.patches as patches
+    from matplotlib.colors import ListedColormap
+
+    covered = np.zeros((height, width), dtype=bool)
+    for r0, r1 in row_bins:
+        for c0, c1 in col_bins:
+            covered[r0:r1, c0:c1] = True
+    ax.imshow(~covered, cmap=ListedColormap(["#f2f2f2", "#f8b4b4"]), vmin=0, vmax=1,
+              extent=(0, width, height, 0), interpolation="nearest")
+    if max(height, width) <= 64:  # cell lines only while a reader can still see them
+        ax.vlines(np.arange(width + 1), 0, height, color="#c8c8c8", linewidth=0.4)
+        ax.hlines(np.arange(height + 1), 0, width, color="#c8c8c8", linewidth=0.4)
+    inset = 0.08 * min(1.0, 20 / max(height, width))
+    for i, (r0, r1) in enumerate(row_bins):
+        for j, (c0, c1) in enumerate(col_bins):
+            edge = PALETTE[(i * len(col_bins) + j) % len(PALETTE)]
+            ax.add_patch(patches.Rectangle((c0 + inset, r0 + inset), c1 - c0 - 2 * inset,
+                                           r1 - r0 - 2 * inset, fill=False, edgecolor=edge,
+                                           linewidth=1.5))
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+    return int((~covered).sum())
+
+
+def plot_dataset_statistics(stats: dict, class_names: Sequence[str], samples: Sequence = ()):
+    """Object size and aspect histograms, objects per image, class counts, sample images.
+
+    ``stats`` is :func:`sppnet_lite.data.dataset_statistics`'s dict; ``samples`` are
+    :class:`sppnet_lite.data.Sample` tuples (boxes drawn, difficult ones dashed).
+    Returns the figure. Taught in chapter 04.
+    """
+    import matplotlib.pyplot as plt
+
+    n_rows = 2 if len(samples) else 1
+    fig = plt.figure(figsize=(13, 3.2 * n_rows))
+    axes = [fig.add_subplot(n_rows, 4, k + 1) for k in range(4)]
+    side_bins = np.geomspace(8, 256, 16)
+    axes[0].hist(stats["side"], bins=side_bins, color=PALETTE[2])
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("object size √(w·h) [px]")
+    axes[0].set_ylabel("objects")
+    axes[1].hist(stats["aspect"], bins=np.geomspace(0.25, 4, 17), color=PALETTE[3])
+    axes[1].set_xscale("log")
+    axes[1].set_xlabel("aspect ratio w / h")
+    counts = np.bincount(stats["objects_per_image"])
+    axes[2].bar(np.arange(len(counts)), counts, color=PALETTE[1])
+    axes[2].set_xlabel("objects per image")
+    per_class = np.bincount(stats["label"], minlength=len(class_names))
+    hard = np.bincount(stats["label"][stats["difficult"]], minlength=len(class_names))
+    axes[3].bar(class_names, per_class, color=PALETTE[4], label="all")
+    axes[3].bar(class_names, hard, color=PALETTE[0], label="difficult")
+    axes[3].tick_params(axis="x", rotation=45, labelsize=8)
+    axes[3].legend(fontsize=8)
+    for k, sample in enumerate(list(samples)[:4]):
+        ax = fig.add_subplot(n_rows, 4, 5 + k)
+        show_image(ax, sample.image, f"{sample.image_id} {sample.image.shape[1]}×{sample.image.shape[0]}")
+        easy = ~sample.difficult
+        draw_boxes(ax, sample.boxes[easy], sample.labels[easy], class_names=class_names)
+        draw_boxes(ax, sample.boxes[~easy], sample.labels[~easy], class_names=class_names,
+                   linestyle="--")
+    fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_by_bin(ax, results: dict, key: str = "by_scale", xlabel: str = "") -> None:
+    """One line per method of ``results["methods"][m][key]`` (chapter 04's comparison)."""
+    for k, (name, res) in enumerate(results["methods"].items()):
+        curve = res[key]
+        ax.plot(curve["centers"], curve["accuracy"], marker="o", color=PALETTE[k % len(PALETTE)],
+                label=f"{name} ({res['accuracy']:.1%})")
+    ax.set_xlabel(xlabel or key)
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
