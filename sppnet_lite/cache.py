@@ -19,6 +19,11 @@ from typing import Iterator
 import numpy as np
 
 
+UMASK = os.umask(0)
+"""The process umask, read once: files written here get the mode ``open`` would give."""
+os.umask(UMASK)
+
+
 def config_hash(config: object, length: int = 16) -> str:
     """Stable hex digest of a JSON-serialisable configuration (dict keys sorted)."""
     text = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
@@ -56,6 +61,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
     os.close(fd)
     tmp = Path(tmp)
+    os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600 files; give them the usual mode
     try:
         yield tmp
         os.replace(tmp, path)

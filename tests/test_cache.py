@@ -44,3 +44,12 @@ def test_file_hash_changes_with_content(tmp_path):
     h = cache.file_hash(p)
     p.write_bytes(b"abd")
     assert cache.file_hash(p) != h
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    path = cache.save_json_atomic(tmp_path / "r.json", {})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~cache.UMASK
+    assert os.access(path, os.R_OK)

@@ -1,0 +1,266 @@
+"""Chapter 04's experiment: one backbone, three ways to feed it images of any size.
+
+* ``warp``: resize every image to ``size × size`` (aspect distorted), FC head.
+* ``crop``: resize the shorter side to ``size``, keep the central ``size × size``
+  (the rest, perhaps the object, is lost), FC head.
+* ``spp``: resize the shorter side to ``size`` keeping the aspect ratio, the whole
+  image goes through the trunk, an SPP layer turns the conv5 map of any size into
+  a fixed-length vector, same FC head. ``spp`` trains at one size; ``spp-multi``
+  alternates two sizes epoch by epoch (the paper's 224/180 multi-size training,
+  here 96/72: the same 0.8 ratio, rounded to the stride).
+
+The FC heads are identical: the fixed-size head max-pools the 6×6 conv5 map of a
+96×96 input into 3×3 bins; the SPP head pools {3, 2, 1} — on a 96×96 input its
+3×3 level *is* the fixed-size head's pooling, the two coarser levels are extra.
+
+Batches of variable-size images: every image is resized so its shorter side is
+``size`` and its longer side a multiple of the stride (16 px, an aspect change
+of at most 8 px); images of one shape form a bucket and a batch never mixes
+buckets (the paper trains each size as a separate fixed-size network).
+
+Taught in chapter 04.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from . import config
+from .backbone import ZFLite, preprocess
+from .spp import SpatialPyramidPooling
+
+METHODS = ("warp", "crop", "spp", "spp-multi")
+SPP_LEVELS = (3, 2, 1)
+
+
+# ----------------------------------------------------------------------------------------
+# Input transforms: RGB uint8 (H, W, 3) -> RGB uint8
+# ----------------------------------------------------------------------------------------
+
+def warp(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize to ``size × size`` whatever the aspect ratio. Taught in chapter 04."""
+    return _resize(image, size, size)
+
+
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize the shorter side to ``size``, keep the central ``size × size``.
+    Taught in chapter 04."""
+    height, width = image.shape[:2]
+    scale = size / min(height, width)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    resized = _resize(image, new_w, new_h)
+    y0, x0 = (new_h - size) // 2, (new_w - size) // 2
+    return resized[y0:y0 + size, x0:x0 + size]
+
+
+def resize_shorter(image: np.ndarray, size: int, multiple: int = 16) -> np.ndarray:
+    """Resize the shorter side to ``size``, the longer side to the nearest multiple
+    of ``multiple`` of its aspect-preserving length. Taught in chapter 04."""
+    height, width = image.shape[:2]
+    longer = max(height, width) * size / min(height, width)
+    longer = max(multiple * round(longer / multiple), size)
+    new_w, new_h = (longer, size) if width >= height else (size, longer)
+    return _resize(image, int(new_w), int(new_h))
+
+
+def transform(method: str, image: np.ndarray, size: int) -> np.ndarray:
+    """The input transform of ``method`` (one of :data:`METHODS`) at ``size``."""
+    if method == "warp":
+        return warp(image, size)
+    if method == "crop":
+        return center_crop(image, size)
+    if method in ("spp", "spp-multi"):
+        return resize_shorter(image, size)
+    raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+
+
+# ----------------------------------------------------------------------------------------
+# Model
+# ----------------------------------------------------------------------------------------
+
+class Classifier(nn.Module):
+    """Trunk + pooling + FC: ``(N, 3, H, W)`` → logits ``(N, num_classes)``.
+
+    ``head="fc"`` max-pools conv5 with a 2×2/2 window and flattens: it needs the
+    input size it was built for (``fixed_size``; 96 → conv5 6×6 → 3×3 bins).
+    ``head="spp"`` pools a pyramid (``levels``) and accepts any size.
+    Taught in chapter 04.
+    """
+
+    def __init__(self, trunk: nn.Module, num_classes: int, head: str = "spp",
+                 levels: Sequence[int] = SPP_LEVELS, fixed_size: int = 96, hidden: int = 256,
+                 dropout: float = 0.3):
+        super().__init__()
+        self.trunk = trunk
+        self.head_kind = head
+        if head == "fc":
+            cells = math.ceil(fixed_size / trunk.stride) // 2
+            self.pool = nn.Sequential(nn.MaxPool2d(2), nn.Flatten())
+            in_dim = trunk.out_channels * cells * cells
+        elif head == "spp":
+            self.pool = SpatialPyramidPooling(levels)
+            in_dim = trunk.out_channels * sum(n * n for n in levels)
+        else:
+            raise ValueError(f"head: expected 'fc' or 'spp', got {head!r}")
+        self.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, hidden),
+                                nn.ReLU(inplace=True), nn.Dropout(dropout),
+                                nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.trunk(x)))
+
+
+# ----------------------------------------------------------------------------------------
+# Training and evaluation
+# ----------------------------------------------------------------------------------------
+
+def bucket_batches(images: Sequence[np.ndarray], batch_size: int, rng: np.random.Generator
+                   ) -> list[np.ndarray]:
+    """Index arrays of at most ``batch_size`` images of one shape, in random order."""
+    buckets: dict[tuple, list[int]] = {}
+    for i, image in enumerate(images):
+        buckets.setdefault(image.shape, []).append(i)
+    batches = []
+    for members in buckets.values():
+        members = rng.permutation(members)
+        batches += [members[b:b + batch_size] for b in range(0, len(members), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def train_classifier(method: str, images: Sequence[np.ndarray], labels: np.ndarray,
+                     num_classes: int, trunk: nn.Module, epochs: int, sizes: Sequence[int],
+                     batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
+                     device: torch.device | str = "cpu", progress: bool = True) -> Classifier:
+    """Fine-tune ``trunk`` (a copy is not made: pass a fresh one) + a new head.
+
+    ``sizes`` are used in turn, one per epoch (``[96]`` single-size, ``[96, 72]``
+    multi-size; ``warp``/``crop`` take one size). AdamW, cosine LR, horizontal
+    flips. Returns the classifier in eval mode. Taught in chapter 04.
+    """
+    from tqdm.auto import tqdm
+
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    if method in ("warp", "crop") and len(set(sizes)) != 1:
+        raise ValueError(f"sizes: {method!r} needs one fixed size, got {list(sizes)}")
+    rng = np.random.default_rng(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = Classifier(trunk, num_classes, head="spp" if method.startswith("spp") else "fc",
+                         fixed_size=sizes[0]).to(device)
+    inputs = {s: [transform(method, im, s) for im in images] for s in set(sizes)}
+    plans = [bucket_batches(inputs[sizes[e % len(sizes)]], batch_size, rng) for e in range(epochs)]
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, sum(len(p) for p in plans))
+    bar = tqdm(total=sum(len(p) for p in plans), desc=f"train {method}", disable=not progress,
+               leave=False)
+    for epoch, plan in enumerate(plans):
+        data = inputs[sizes[epoch % len(sizes)]]
+        net.train()
+        for idx in plan:
+            batch = np.stack([data[i] for i in idx])
+            flip = rng.random(len(idx)) < 0.5
+            batch = np.where(flip[:, None, None, None], batch[:, :, ::-1], batch)
+            logits = net(preprocess(batch, device))
+            loss = nn.functional.cross_entropy(logits, torch.from_numpy(labels[idx]).to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, size=sizes[epoch % len(sizes)], loss=f"{loss.item():.3f}")
+    bar.close()
+    return net.eval()
+
+
+@torch.no_grad()
+def predict(net: Classifier, method: str, images: Sequence[np.ndarray], size: int,
+            batch_size: int = 64, device: torch.device | str = "cpu") -> np.ndarray:
+    """Predicted labels ``(N,)`` int64 for ``images`` under ``method``'s transform at
+    ``size``. Taught in chapter 04."""
+    net.eval()
+    inputs = [transform(method, im, size) for im in images]
+    out = np.zeros(len(inputs), np.int64)
+    for idx in bucket_batches(inputs, batch_size, np.random.default_rng(0)):
+        logits = net(preprocess(np.stack([inputs[i] for i in idx]), device))
+        out[idx] = logits.argmax(1).cpu().numpy()
+    return out
+
+
+def accuracy_by_bin(correct: np.ndarray, values: np.ndarray, edges: Sequence[float]) -> dict:
+    """Accuracy of ``correct`` (bool ``(N,)``) within bins ``[edges[i], edges[i+1])``
+    of ``values``: ``{"centers", "accuracy", "count"}`` (NaN accuracy for empty bins)."""
+    edges = np.asarray(edges, float)
+    which = np.clip(np.digitize(values, edges) - 1, 0, len(edges) - 2)
+    acc, count = [], []
+    for b in range(len(edges) - 1):
+        members = correct[which == b]
+        count.append(len(members))
+        acc.append(float(members.mean()) if len(members) else float("nan"))
+    centers = [float(c) for c in (edges[:-1] + edges[1:]) / 2]
+    return {"centers": centers, "accuracy": acc, "count": count}
+
+
+def experiment_config(quick: bool | None = None) -> dict:
+    """Settings of chapter 04's comparison (quick mode: fewer images and epochs)."""
+    quick = config.QUICK if quick is None else bool(quick)
+    return {"train_images": 1000 if quick else 3000, "test_images": 400 if quick else 1200,
+            "epochs": 8 if quick else 12, "size": 96, "multi_sizes": [96, 72],
+            "batch_size": 32, "lr": 1e-3, "seed": 0, "side": [64, 192],
+            "scale": [0.25, 0.9]}
+
+
+def compare_methods(quick: bool | None = None, methods: Sequence[str] = METHODS,
+                    device: torch.device | str | None = None, progress: bool = True) -> dict:
+    """Train and test every method on one generated single-object split.
+
+    Each method fine-tunes a fresh copy of the pretrained ZFLite
+    (:func:`sppnet_lite.backbone.ensure_pretrained`) with the same seed. Returns
+    ``{"config", "methods": {name: {"accuracy", "train_seconds", "sizes",
+    "by_scale", "by_aspect"}}, "test_scale", "test_aspect"}`` plus per-method
+    ``predictions`` (lists, for plots). Taught in chapter 04.
+    """
+    from .backbone import ensure_pretrained
+    from .data import make_classification_set
+
+    cfg = experiment_config(quick)
+    device = config.get_device() if device is None else torch.device(device)
+    train = make_classification_set(cfg["train_images"], side=tuple(cfg["side"]),
+                                    scale=tuple(cfg["scale"]))
+    test = make_classification_set(cfg["test_images"], side=tuple(cfg["side"]),
+                                   scale=tuple(cfg["scale"]), offset=cfg["train_images"])
+    pretrained = ensure_pretrained(quick=quick, device="cpu", progress=progress)
+    aspect = np.array([max(im.shape[:2]) / min(im.shape[:2]) for im in test.images])
+    results = {"config": cfg, "checkpoint": pretrained.checkpoint_hash, "methods": {},
+               "test_scale": test.scale.tolist(), "test_aspect": aspect.tolist(),
+               "test_labels": test.labels.tolist()}
+    for method in methods:
+        trunk = ZFLite(pretrained.widths)
+        trunk.load_state_dict(pretrained.state_dict())
+        sizes = cfg["multi_sizes"] if method == "spp-multi" else [cfg["size"]]
+        start = time.perf_counter()
+        net = train_classifier(method, train.images, train.labels, len(train.class_names), trunk,
+                               cfg["epochs"], sizes, cfg["batch_size"], cfg["lr"], cfg["seed"],
+                               device, progress)
+        seconds = time.perf_counter() - start
+        pred = predict(net, method, test.images, cfg["size"], device=device)
+        correct = pred == test.labels
+        results["methods"][method] = {
+            "accuracy": float(correct.mean()), "train_seconds": round(seconds, 1), "sizes": sizes,
+            "by_scale": accuracy_by_bin(correct, test.scale, [0.1, 0.3, 0.45, 0.6, 0.9]),
+            "by_aspect": accuracy_by_bin(correct, aspect, [1.0, 1.25, 1.6, 2.0, 3.1]),
+            "predictions": pred.tolist()}
+    return results
+
+
+def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    shrink = width < image.shape[1] and height < image.shape[0]
+    return cv2.resize(image, (int(width), int(height)),
+                      interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
