@@ -232,7 +232,8 @@ class FeatureStore:
                 return False
             if image_hash is not None and str(data["image_hash"]) != image_hash:
                 return False
-            if extra is not None and str(data["extra_key"]) != _extra_key(extra):
+            if extra is not None and ("extra_key" not in data.files
+                                      or str(data["extra_key"]) != _extra_key(extra)):
                 return False
         return True
 

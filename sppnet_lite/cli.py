@@ -1,0 +1,218 @@
+"""The ``sppnet-lite`` command line: make data, train, detect, evaluate, build the book.
+
+Every subcommand turns bad input (a missing folder, an unreadable image, an
+empty image list, a run directory from another version) into one line on
+stderr and a non-zero exit status, never a traceback; outputs are written
+atomically, so a failed run never destroys an earlier result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status (also via ``sys.exit``)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        status = args.func(args)
+    except KeyboardInterrupt:
+        print("sppnet-lite: interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, FileNotFoundError, NotADirectoryError, ValueError, OSError, KeyError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"sppnet-lite {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    return int(status or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sppnet-lite", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command")
+
+    data = sub.add_parser("data", help="generate the SynthVOC dataset")
+    data_sub = data.add_subparsers(dest="data_command")
+    make = data_sub.add_parser("make", help="write SynthVOC in VOC layout")
+    make.add_argument("--out", type=Path, default=None, help="output folder (default: data/synthvoc-*)")
+    make.add_argument("--seed", type=int, default=None)
+    make.add_argument("--quick", action="store_true", help="the small quick-mode splits")
+    make.set_defaults(func=cmd_data_make, command="data make")
+
+    train = sub.add_parser("train", help="train the detector (resumable)")
+    train.add_argument("--data", type=Path, required=True, help="a VOC-layout folder")
+    train.add_argument("--out", type=Path, required=True, help="run directory")
+    train.add_argument("--quick", action="store_true")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    train.set_defaults(func=cmd_train)
+
+    detect = sub.add_parser("detect", help="detect objects in images")
+    detect.add_argument("--run", type=Path, required=True)
+    detect.add_argument("images", nargs="+", type=Path, metavar="IMAGE_OR_DIR")
+    detect.add_argument("--out", type=Path, required=True, help="detections JSON file")
+    detect.add_argument("--draw", type=Path, default=None, help="folder for annotated images")
+    detect.add_argument("--score-threshold", type=float, default=None,
+                        help="keep detections scoring at least this (default: 0 for SVM scores)")
+    detect.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    detect.set_defaults(func=cmd_detect)
+
+    evaluate = sub.add_parser("evaluate", help="VOC AP / mAP of a trained detector")
+    evaluate.add_argument("--run", type=Path, required=True)
+    evaluate.add_argument("--data", type=Path, required=True)
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--max-images", type=int, default=None)
+    evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    book = sub.add_parser("book", help="execute every chapter into build/")
+    book.add_argument("--quick", action="store_true")
+    book.set_defaults(func=cmd_book)
+    return parser
+
+
+def cmd_data_make(args) -> int:
+    from .data import ensure_dataset, make_dataset
+
+    if args.out is None and args.seed is None:
+        out = ensure_dataset(quick=args.quick)
+    else:
+        from . import config
+
+        out = args.out or config.DATA_DIR / f"synthvoc-{'quick' if args.quick else 'full'}"
+        out = make_dataset(out, seed=args.seed, quick=args.quick)
+    print(f"dataset written to {out}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from . import config
+    from .data import VOCDataset
+    from .detector import train_pipeline
+
+    _need_dir(args.data, "--data")
+    VOCDataset(args.data, "train")  # a bad folder fails here, before any training
+    device = config.get_device(args.device)
+    detector = train_pipeline(args.data, args.out, quick=args.quick, device=device)
+    print(f"trained detector for {len(detector.class_names)} classes saved to {args.out}")
+    return 0
+
+
+def cmd_detect(args) -> int:
+    import numpy as np
+
+    from . import config
+    from .cache import save_json_atomic
+    from .detector import SPPNetDetector
+
+    paths = collect_images(args.images)
+    images = [read_image(p) for p in paths]  # fail on a bad image before any work
+    detector = SPPNetDetector.load(args.run, device=config.get_device(args.device))
+    threshold = args.score_threshold
+    if threshold is None:
+        threshold = 0.0 if detector.config.score == "svm" else 0.5
+    rows = []
+    from tqdm.auto import tqdm
+
+    for path, image in tqdm(list(zip(paths, images)), desc="detect", disable=len(paths) < 2):
+        dets = detector.detect(image, score_threshold=threshold)
+        for box, score, label in zip(dets.boxes, dets.scores, dets.labels):
+            rows.append({"image": path.name, "label": detector.class_names[int(label)],
+                         "score": float(score), "box": [float(v) for v in np.round(box, 2)]})
+        if args.draw is not None:
+            draw_detections(image, dets, detector.class_names, Path(args.draw) / f"{path.stem}.png")
+    save_json_atomic(args.out, rows)
+    print(f"{len(rows)} detections in {len(paths)} images written to {args.out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from . import config
+    from .cache import save_json_atomic
+    from .data import VOCDataset
+    from .detector import SPPNetDetector, evaluate_detector
+
+    _need_dir(args.data, "--data")
+    detector = SPPNetDetector.load(args.run, device=config.get_device(args.device))
+    dataset = VOCDataset(args.data, args.split, classes=detector.class_names)
+    if len(dataset) == 0:
+        raise CLIError(f"--split {args.split!r} of {str(args.data)!r} lists no images")
+    report = evaluate_detector(detector, dataset, max_images=args.max_images)
+    result = report["results"]["detector"]
+    for row in result.table():
+        print(f"{row['class']:>14s}  AP07 {row['AP (VOC07 11-pt)']:.3f}  AP {row['AP (all-point)']:.3f}")
+    out = Path(args.run) / f"evaluation_{args.split}.json"
+    save_json_atomic(out, {"split": args.split, "images": report["images"], **result.to_json(),
+                           "seconds_per_image": report["seconds_per_image"]})
+    print(f"mAP (VOC07 11-point) {result.mAP:.4f}; written to {out}")
+    return 0
+
+
+def cmd_book(args) -> int:
+    from .book import run_book
+
+    return int(run_book(quick=True if args.quick else None))
+
+
+def collect_images(items) -> list[Path]:
+    """Expand files and folders into a sorted list of image files; error if none."""
+    paths: list[Path] = []
+    for item in items:
+        item = Path(item)
+        if item.is_dir():
+            paths += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise CLIError(f"IMAGE_OR_DIR {str(item)!r} does not exist")
+    if not paths:
+        raise CLIError(f"no images found in {[str(i) for i in items]}; expected image files "
+                       f"({', '.join(IMAGE_SUFFIXES)}) or folders holding them")
+    return paths
+
+
+def read_image(path: Path):
+    """RGB uint8 (H, W, 3) from an image file, or a one-line error."""
+    import cv2
+
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise CLIError(f"cannot read {str(path)!r} as an image (missing, unreadable or corrupt)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def draw_detections(image, dets, class_names, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from .cache import atomic_path
+    from .viz import draw_boxes, show_image
+
+    fig, ax = plt.subplots(figsize=(6, 6 * image.shape[0] / image.shape[1]))
+    show_image(ax, image)
+    draw_boxes(ax, dets.boxes, dets.labels, dets.scores, class_names)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _need_dir(path: Path, name: str) -> None:
+    if not Path(path).is_dir():
+        raise CLIError(f"{name} {str(path)!r} is not a folder")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
