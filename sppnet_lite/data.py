@@ -110,8 +110,9 @@ def make_dataset(out_dir: str | os.PathLike, seed: int | None = None, quick: boo
     jobs = [(split, i) for split in ("train", "val", "test") for i in range(sizes[split])]
     args = [(recipe, split, i, str(out)) for split, i in jobs]
     if workers > 1 and len(args) > 8:
-        methods = multiprocessing.get_all_start_methods()
-        ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        # "spawn", never "fork": a process that has started torch's or OpenCV's thread
+        # pools (a notebook, pytest) can deadlock a forked child on a lock held at fork time.
+        ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(workers, initializer=_worker_init) as pool:
             ids = pool.map(_write_one, args, chunksize=16)
     else:
