@@ -13,11 +13,10 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
-
 
 UMASK = os.umask(0)
 """The process umask, read once: files written here get the mode ``open`` would give."""
@@ -73,9 +72,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def save_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
     """``np.savez`` to ``path`` atomically (no pickled objects: plain arrays only)."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
     return path
 
 

@@ -6,7 +6,7 @@ Boxes are float ``(K, 4)`` arrays ``[x1, y1, x2, y2]`` in image pixels
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -30,7 +30,7 @@ def draw_boxes(ax, boxes, labels: Sequence[int] | None = None, scores: Sequence[
     ``labels`` index ``class_names`` (and pick the colour unless ``color`` is
     given); ``scores`` are appended to the caption.
     """
-    import matplotlib.patches as patches
+    from matplotlib import patches
 
     boxes = np.asarray(boxes, dtype=float).reshape(-1, 4)
     for k, (x1, y1, x2, y2) in enumerate(boxes):
@@ -45,7 +45,7 @@ def draw_boxes(ax, boxes, labels: Sequence[int] | None = None, scores: Sequence[
             caption.append(f"{float(scores[k]):.2f}")
         if caption:
             ax.text(x1, y1, " ".join(caption), fontsize=7, color="white", va="bottom",
-                    bbox=dict(facecolor=edge, alpha=0.8, pad=1, edgecolor="none"))
+                    bbox={"facecolor": edge, "alpha": 0.8, "pad": 1, "edgecolor": "none"})
 
 
 def draw_bins(ax, height: int, width: int, row_bins, col_bins, title: str | None = None) -> int:
@@ -56,7 +56,7 @@ def draw_bins(ax, height: int, width: int, row_bins, col_bins, title: str | None
     (slightly inset, so overlapping bins stay visible); cells that no bin covers are
     shaded red. Returns the number of uncovered cells. Taught in chapter 02.
     """
-    import matplotlib.patches as patches
+    from matplotlib import patches
     from matplotlib.colors import ListedColormap
 
     covered = np.zeros((height, width), dtype=bool)

@@ -30,10 +30,9 @@ def test_npz_round_trip_and_no_pickle(tmp_path):
 def test_interrupted_write_leaves_old_file_and_no_temporaries(tmp_path):
     path = tmp_path / "result.json"
     cache.save_json_atomic(path, {"v": 1})
-    with pytest.raises(RuntimeError):
-        with cache.atomic_path(path) as tmp:
-            tmp.write_text("half a fi")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), cache.atomic_path(path) as tmp:
+        tmp.write_text("half a fi")
+        raise RuntimeError("killed")
     assert path.read_text().strip().startswith("{") and '"v": 1' in path.read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-import sppnet_lite.config as config
+from sppnet_lite import config
 
 
 @pytest.mark.parametrize(
