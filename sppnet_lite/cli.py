@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, required=True, help="run directory")
     train.add_argument("--quick", action="store_true")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    train.add_argument("--scales", type=scale_list, default=None, metavar="S1,S2,...",
+                       help="shorter image sides of the conv passes, px (default: the five of "
+                            "sppnet_lite.detector.SCALES; one, e.g. 448, is faster)")
     train.set_defaults(func=cmd_train)
 
     detect = sub.add_parser("detect", help="detect objects in images")
@@ -81,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def scale_list(text: str) -> tuple[int, ...]:
+    """``"296,448"`` -> ``(296, 448)``; argparse turns the ValueError into a usage error."""
+    scales = tuple(int(part) for part in text.split(","))
+    if not scales or min(scales) < 16:
+        raise ValueError(text)
+    return scales
+
+
 def cmd_data_make(args) -> int:
     from .data import ensure_dataset, make_dataset
 
@@ -98,12 +109,13 @@ def cmd_data_make(args) -> int:
 def cmd_train(args) -> int:
     from . import config
     from .data import VOCDataset
-    from .detector import train_pipeline
+    from .detector import PipelineConfig, train_pipeline
 
     _need_dir(args.data, "--data")
     VOCDataset(args.data, "train")  # a bad folder fails here, before any training
     device = config.get_device(args.device)
-    detector = train_pipeline(args.data, args.out, quick=args.quick, device=device)
+    settings = PipelineConfig.default(args.quick, **({"scales": args.scales} if args.scales else {}))
+    detector = train_pipeline(args.data, args.out, quick=args.quick, device=device, config=settings)
     print(f"trained detector for {len(detector.class_names)} classes saved to {args.out}")
     return 0
 

@@ -35,6 +35,17 @@ from .svm import LinearSVMs
 FORMAT_VERSION = 1
 """Bumped whenever the layout of a saved detector directory changes."""
 
+SCALES = (296, 368, 448, 560, 720)
+"""The detector's five scales (shorter image side, px). The paper's
+(480, 576, 688, 864, 1200) for ZF-5's 224-px input are 0.7–1.7× its one-scale
+setting 688; ours keep those ratios around 448 instead of the proportional
+688·96/224 ≈ 296 (:func:`sppnet_lite.features.default_scales`), because SynthVOC's
+objects are smaller relative to their images than VOC's: with 208–512 the small
+ones never reach a useful size on conv5 (full mode: 0.799 mAP vs 0.835; chapter 10)."""
+
+SINGLE_SCALE = (448,)
+"""The one-scale detector's scale: the middle of :data:`SCALES`, as 688 is the paper's."""
+
 
 class FCHead(nn.Module):
     """fc6 -> ReLU -> dropout -> fc7 -> ReLU -> dropout -> fc8 with ``num_classes + 1`` outputs.
@@ -90,15 +101,17 @@ def train_fc_head(features, labels, ious, num_classes: int, hidden: int = 512,
                   iterations: int = 2000, batch_size: int = 128, lr: float = 1e-3,
                   weight_decay: float = 5e-4, fg_fraction: float = 0.25,
                   bg_iou: tuple[float, float] = (0.1, 0.5), device: str | torch.device = "cpu",
-                  seed: int = 0, progress: bool = True, val=None) -> tuple[FCHead, dict]:
+                  seed: int = 0, progress: bool = True, val=None,
+                  val_windows: int = 8000) -> tuple[FCHead, dict]:
     """Fine-tune an :class:`FCHead` on stored pooled features with the conv trunk frozen.
 
     ``features`` (N, D) float16/float32 array (memmaps fine), ``labels`` (N,) int in
     0..K with K = background (a window's class is that of its best-overlapping
     ground truth when IoU >= 0.5, else K), ``ious`` (N,). Adam, ``iterations``
     mini-batches from :func:`sample_minibatch`. ``val=(features, labels)`` adds a
-    validation loss/accuracy every 5% of training and keeps the weights with the
-    lowest validation loss (early stopping). Returns ``(head in eval mode, history)``
+    validation loss/accuracy (on a fixed random sample of at most ``val_windows``
+    of them) every 5% of training and keeps the weights with the lowest validation
+    loss (early stopping). Returns ``(head in eval mode, history)``
     with ``history["loss"]`` (per iteration), ``history["val"]`` and
     ``history["best_iteration"]``.
     Taught in chapter 07.
@@ -118,10 +131,14 @@ def train_fc_head(features, labels, ious, num_classes: int, hidden: int = 512,
                         np.float32)
     head.input_scale.fill_(1.0 / max(float(np.sqrt((sample ** 2).mean())), 1e-6))
     head.to(device).train()
-    optimiser = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
+    optimiser = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay,
+                                 fused=device.type in ("cpu", "cuda"))  # one kernel per step
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(iterations, 1))
     history = {"loss": [], "val": [], "best_iteration": iterations}
     every = max(iterations // 20, 1)
+    if val is not None:  # a fixed sample of the held-out windows keeps each check cheap
+        keep = np.sort(rng.choice(len(val[1]), min(val_windows, len(val[1])), replace=False))
+        val = (val[0][keep], np.asarray(val[1])[keep])
     best_loss, best_state = float("inf"), None
     for it in tqdm(range(iterations), desc="fine-tune fc6-fc8", disable=not progress, leave=False):
         rows = np.sort(sample_minibatch(labels, ious, batch_size, rng, fg_fraction, bg_iou=bg_iou))
@@ -194,7 +211,7 @@ class DetectorConfig:
     """
 
     levels: tuple = (6, 3, 2, 1)
-    scales: tuple = (480,)
+    scales: tuple = SCALES
     rule: str = "paper"
     hidden: int = 512
     score: str = "svm"
@@ -301,8 +318,7 @@ class SPPNetDetector:
             self.last_timing = timing
             return Detections.empty()
         pooled = self.extractor(image, boxes)
-        timing.update({k: v for k, v in getattr(self.extractor, "last_timing", {}).items()
-                       if k in ("conv", "pool")})
+        timing.update(feature_timing(self.extractor))
         dets = self.detect_from_features(pooled, boxes, image.shape[:2], timing=timing, **overrides)
         self.last_timing = timing
         return dets
@@ -435,6 +451,13 @@ def make_spp_extractor(backbone: nn.Module, config: DetectorConfig, device="cpu"
                                rule=config.rule)
 
 
+def feature_timing(extractor) -> dict:
+    """``{"conv", "pool"}`` seconds of the extractor's last call; R-CNN's warping of the
+    crops counts as part of its conv stage."""
+    t = getattr(extractor, "last_timing", {})
+    return {"conv": t.get("conv", 0.0) + t.get("warp", 0.0), "pool": t.get("pool", 0.0)}
+
+
 def _check_image(image) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -491,9 +514,7 @@ def evaluate_detector(detector: SPPNetDetector, dataset, proposals=None, max_ima
         truths.append(sample)
         timing: dict = {}
         pooled = detector.extractor(sample.image, boxes) if len(boxes) else torch.zeros(0, 1)
-        timing.update({k: v for k, v in detector.extractor.last_timing.items() if k in ("conv", "pool")})
-        if "warp" in detector.extractor.last_timing:  # R-CNN: warping is part of its conv cost
-            timing["conv"] += detector.extractor.last_timing["warp"]
+        timing.update(feature_timing(detector.extractor) if len(boxes) else {})
         shared = detector._shared_outputs(pooled, timing) if len(boxes) else None
         for j, (name, overrides) in enumerate(variants.items()):
             t = timing if j == 0 else {}
@@ -536,14 +557,17 @@ class PipelineConfig:
     """Settings of every training stage (each stage's cache key hashes the ones it uses).
 
     ``extractor``: ``"spp"`` (SPP-net) or ``"rcnn"`` (crop-and-warp baseline);
-    ``multi_scale``: the paper's 5 scales instead of 1; ``max_train_images``: train on
+    ``scales``: shorter image sides (px) of the conv passes; each window is pooled at
+    the one where it is closest to the trunk's canonical size (default :data:`SCALES`,
+    the paper's most accurate setting; :data:`SINGLE_SCALE` is the faster one);
+    ``max_train_images``: train on
     the first N images only (the R-CNN comparison); ``*_per_image``: how many
     windows of each kind are stored per training image (foreground IoU >= 0.5,
     background IoU in [0.1, 0.5), background IoU < 0.1; ground truth always).
     """
 
     extractor: str = "spp"
-    multi_scale: bool = False
+    scales: tuple = SCALES
     levels: tuple = (6, 3, 2, 1)
     rule: str = "paper"
     train_split: str = "train"
@@ -556,6 +580,7 @@ class PipelineConfig:
     iterations: int = 3000
     batch_size: int = 128
     lr: float = 1e-3
+    val_windows: int = 8000
     svm_C: float = 1e-3
     svm_rounds: int = 2
     svm_cache: int = 10000
@@ -625,12 +650,8 @@ class Pipeline:
         return self._memo["backbone"]
 
     def detector_config(self) -> DetectorConfig:
-        from .features import default_scales
-
-        backbone = self.backbone()
         return DetectorConfig(levels=tuple(self.cfg.levels), rule=self.cfg.rule, hidden=self.cfg.hidden,
-                              scales=default_scales(backbone.canonical_size, self.cfg.multi_scale),
-                              extractor=self.cfg.extractor)
+                              scales=tuple(int(s) for s in self.cfg.scales), extractor=self.cfg.extractor)
 
     def extractor(self):
         if "extractor" not in self._memo:
@@ -689,8 +710,7 @@ class Pipeline:
         if "head" in self._memo:
             return self._memo["head"]
         cfg = self.cfg
-        key = self._stage_key("head", hidden=cfg.hidden, iterations=cfg.iterations,
-                              batch=cfg.batch_size, lr=cfg.lr)
+        key = self._head_key()
         weights, hist_path = self._stage_path(f"head-{key}.pt"), self._stage_path(f"head-{key}.json")
         k = len(self.class_names)
         if weights.is_file() and hist_path.is_file():
@@ -704,7 +724,8 @@ class Pipeline:
                                           hidden=cfg.hidden, iterations=cfg.iterations,
                                           batch_size=cfg.batch_size, lr=cfg.lr, device=self.device,
                                           seed=cfg.seed, progress=self.progress,
-                                          val=(val["features"], val["labels"]))
+                                          val=(val["features"], val["labels"]),
+                                          val_windows=cfg.val_windows)
             history["in_dim"] = head.in_dim
             with atomic_path(weights) as tmp:
                 torch.save(head.state_dict(), tmp)
@@ -725,8 +746,7 @@ class Pipeline:
         if ("svms", on) in self._memo:
             return self._memo[("svms", on)]
         cfg = self.cfg
-        extra = {"head": self._stage_key("head", hidden=cfg.hidden, iterations=cfg.iterations,
-                                         batch=cfg.batch_size, lr=cfg.lr)} if on == "fc7" else {}
+        extra = {"head": self._head_key()} if on == "fc7" else {}
         key = self._stage_key("svms", on=on, C=cfg.svm_C, rounds=cfg.svm_rounds, cache=cfg.svm_cache, **extra)
         path = self._stage_path(f"svms-{on}-{key}.npz")
         hist_path = self._stage_path(f"svms-{on}-{key}.json")
@@ -798,6 +818,11 @@ class Pipeline:
         return self.detector()
 
     # -------------------------------------------------------------- cache keys
+    def _head_key(self) -> str:
+        cfg = self.cfg
+        return self._stage_key("head", hidden=cfg.hidden, iterations=cfg.iterations,
+                               batch=cfg.batch_size, lr=cfg.lr, val_windows=cfg.val_windows)
+
     def _stage_key(self, stage: str, **settings) -> str:
         backbone = self.backbone()
         ids = {s: list(self.dataset(s).image_ids) for s in (self.cfg.train_split, self.cfg.val_split)}

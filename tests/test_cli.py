@@ -46,6 +46,14 @@ def test_bad_input_gives_one_line_error(tmp_path, capsys, args, needle):
     assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.parametrize("scales", ["big", "296,", "8"])
+def test_bad_scales_are_a_usage_error(tmp_path, capsys, scales):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("train", "--data", tmp_path, "--out", tmp_path / "run", "--scales", scales)
+    assert exit_info.value.code == 2 and "--scales" in capsys.readouterr().err
+    assert cli.scale_list("296, 448") == (296, 448)
+
+
 def test_run_dir_from_another_version_is_refused(tmp_path, capsys):
     import cv2
 
@@ -73,10 +81,10 @@ def tiny_dataset(tmp_path_factory):
 @pytest.mark.slow
 def test_end_to_end_train_detect_evaluate(tiny_dataset, tmp_path, capsys):
     run = tmp_path / "run"
-    assert run_cli("train", "--data", tiny_dataset, "--out", run, "--quick", "--device", "cpu") == 0
-    assert (run / "config.json").is_file()
-    # a second run resumes from the cached stages
-    assert run_cli("train", "--data", tiny_dataset, "--out", run, "--quick", "--device", "cpu") == 0
+    train = ("train", "--data", tiny_dataset, "--out", run, "--quick", "--device", "cpu", "--scales", "224,320")
+    assert run_cli(*train) == 0
+    assert json.loads((run / "config.json").read_text())["config"]["scales"] == [224, 320]
+    assert run_cli(*train) == 0  # a second run resumes from the cached stages
 
     images = sorted((tiny_dataset / "JPEGImages").glob("test_*.jpg"))[:2]
     out = tmp_path / "detections.json"

@@ -8,6 +8,7 @@ from sppnet_lite.detector import (
     DetectorConfig,
     FCHead,
     classification_metrics,
+    feature_timing,
     postprocess,
     sample_minibatch,
     train_fc_head,
@@ -38,13 +39,21 @@ def test_minibatch_has_quarter_foreground_and_background_band():
 def test_fine_tuning_learns_the_classes():
     x, labels, ious = synthetic_windows()
     head, history = train_fc_head(x, labels, ious, num_classes=3, hidden=64, iterations=80,
-                                  batch_size=64, lr=3e-3, progress=False, val=(x[:300], labels[:300]))
+                                  batch_size=64, lr=3e-3, progress=False, val=(x[:300], labels[:300]),
+                                  val_windows=200)
     assert history["loss"][-1] < history["loss"][0]
     metrics = classification_metrics(head, x, labels)
     assert metrics["fg_accuracy"] > 0.9
     assert len(history["val"]) >= 10
     assert head(torch.zeros(2, 32)).shape == (2, 4)
     assert head.fc7(torch.zeros(2, 32)).shape == (2, 64)
+
+
+def test_feature_timing_counts_rcnn_warping_as_conv():
+    class Extractor:
+        last_timing = {"warp": 0.5, "conv": 2.0, "pool": 0.25, "total": 2.75}
+
+    assert feature_timing(Extractor()) == {"conv": 2.5, "pool": 0.25}
 
 
 def test_postprocess_nms_regression_and_limits():
