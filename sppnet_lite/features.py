@@ -25,6 +25,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -142,7 +143,7 @@ class SPPFeatureExtractor:
                 "preprocess": _qualified_name(self.preprocess)}
 
     def __call__(self, image: np.ndarray, boxes) -> torch.Tensor:
-        from .spp import project_boxes, roi_spp
+        from .spp import project_boxes
 
         image = _check_image(image)
         boxes = _check_boxes(boxes)
@@ -168,14 +169,35 @@ class SPPFeatureExtractor:
                 cells = project_boxes(scaled, self.backbone.stride, self.rule,
                                       feature_size=features.shape[-2:])
                 rois = torch.cat([torch.zeros(len(rows), 1), cells], dim=1).to(device, features.dtype)
-                for lo in range(0, len(rows), self.roi_batch):
-                    pooled = roi_spp(features, rois[lo:lo + self.roi_batch], 1.0, self.levels)
-                    out[torch.from_numpy(rows[lo:lo + self.roi_batch])] = pooled.float().cpu()
+                self._pool(features, rois, rows, out)
                 _synchronize(device)
                 pool_s += time.perf_counter() - tic
         self.last_timing = {"conv": conv_s, "pool": pool_s, "total": time.perf_counter() - start,
                             "scales_run": scales_run, "num_boxes": len(boxes)}
         return out
+
+
+    def _pool(self, features: torch.Tensor, rois: torch.Tensor, rows: np.ndarray, out: torch.Tensor):
+        """``roi_spp`` of ``rois`` (K, 5) into ``out[rows]``, at most ``roi_batch`` windows a call.
+
+        On the CPU the windows are split over torch's threads, one chunk each:
+        torchvision's CPU ``roi_pool`` runs on a single core."""
+        from .spp import roi_spp
+
+        threads = torch.get_num_threads() if features.device.type == "cpu" else 1
+        size = max(1, min(self.roi_batch, -(-len(rows) // threads)))
+        chunks = [slice(lo, lo + size) for lo in range(0, len(rows), size)]
+
+        def pool(chunk: slice) -> None:  # chunks write disjoint rows of ``out``
+            pooled = roi_spp(features, rois[chunk], 1.0, self.levels)
+            out[torch.from_numpy(rows[chunk])] = pooled.float().cpu()
+
+        if threads > 1 and len(chunks) > 1:
+            with ThreadPoolExecutor(min(threads, len(chunks))) as executor:
+                list(executor.map(pool, chunks))
+        else:
+            for chunk in chunks:
+                pool(chunk)
 
 
 class FeatureStore:

@@ -70,6 +70,16 @@ def test_postprocess_nms_regression_and_limits():
     deltas[:, :, 0] = 0.5  # shift every box right by half its width, then clip to the image
     moved = postprocess(boxes, scores, deltas, (200, 140), nms_iou=0.3)
     assert moved.boxes[:, 2].max() <= 140
+    asked = []
+
+    def lazy(rows, k):  # the detector's form: deltas of one class for its candidates only
+        asked.append((k, rows.tolist()))
+        return deltas[rows, k]
+
+    same = postprocess(boxes, scores, lazy, (200, 140), nms_iou=0.3, pre_nms_top=2)
+    top2 = postprocess(boxes, scores, deltas, (200, 140), nms_iou=0.3, pre_nms_top=2)
+    np.testing.assert_array_equal(same.boxes, top2.boxes)
+    assert [k for k, _ in asked] == [0, 1] and all(len(rows) == 2 for _, rows in asked)
     assert len(postprocess(np.zeros((0, 4)), np.zeros((0, 2)), None, (10, 10))) == 0
 
 
@@ -122,6 +132,11 @@ def test_detect_save_load_round_trip(tmp_path):
     after = loaded.detect(image, proposals=boxes)
     np.testing.assert_allclose(after.boxes, before.boxes, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(after.scores, before.scores, rtol=1e-5, atol=1e-5)
+    # the detector regresses only each class's candidates: same boxes as regressing every window
+    pooled = det.extractor(image, boxes)
+    every = postprocess(boxes, det.svms.decision_function(det.head.fc7(pooled).detach()),
+                        det.regressor.predict_all(pooled), image.shape[:2])
+    np.testing.assert_allclose(before.boxes, every.boxes, rtol=1e-5, atol=1e-4)
     soft = loaded.detect(image, proposals=boxes, score="softmax", regression=False)
     assert soft.scores.max() <= 1.0
     assert len(loaded.detect(image, proposals=np.zeros((0, 4)))) == 0
