@@ -176,7 +176,6 @@ class SPPFeatureExtractor:
                             "scales_run": scales_run, "num_boxes": len(boxes)}
         return out
 
-
     def _pool(self, features: torch.Tensor, rois: torch.Tensor, rows: np.ndarray, out: torch.Tensor):
         """``roi_spp`` of ``rois`` (K, 5) into ``out[rows]``, at most ``roi_batch`` windows a call.
 
