@@ -45,11 +45,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
-    detectors = {}
-    for name, settings in DETECTORS.items():
-        pipe = default_pipeline(quick=args.quick, **settings)
-        detectors[name] = pipe.detector(save=False)
-        test = pipe.dataset("test")
+    pipes = {name: default_pipeline(quick=args.quick, **settings) for name, settings in DETECTORS.items()}
+    detectors = {name: pipe.detector(save=False) for name, pipe in pipes.items()}
+    test = pipes["R-CNN"].dataset("test")  # every pipeline reads the same data
     device = detectors["R-CNN"].device if args.device == "auto" else torch.device(args.device)
     ids = list(range(min(args.images, len(test))))
     boxes = {i: windows(selective_search(test[i].image), args.windows, test.image_size(i), rng)
@@ -73,11 +71,11 @@ def main() -> None:
             per_image.append(min(runs, key=lambda t: t["total"]))
         table[name] = {k: float(np.mean([t[k] for t in per_image])) for k in per_image[0]}
     base = table["R-CNN"]["total"]
-    print(f"{'seconds / image':18s}" + "".join(f"{s:>9s}" for s in (*TIMED_STAGES, "total"))
+    print(f"{'seconds / image':18s}" + "".join(f"{s:>11s}" for s in (*TIMED_STAGES, "total"))
           + "  speed-up")
     for name, row in table.items():
         row["speedup"] = base / row["total"]
-        print(f"{name:18s}" + "".join(f"{row[s]:9.4f}" for s in (*TIMED_STAGES, "total"))
+        print(f"{name:18s}" + "".join(f"{row[s]:11.4f}" for s in (*TIMED_STAGES, "total"))
               + f"  {row['speedup']:7.1f}x")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -364,22 +364,23 @@ class SPPNetDetector:
         else:
             raise ValueError(f"score must be 'svm', 'softmax' or 'pool5_svm' (with pool5_svms), "
                              f"got {cfg.score!r}")
-        regression_s = [0.0]
+        regression_s = 0.0
         pooled = shared["pooled"].numpy()  # NumPy all the way: alternating torch and NumPy
         # matrix products makes their two thread pools wait on each other
 
         def deltas(rows, k):  # class k's regressor on its candidate windows only
+            nonlocal regression_s
             tic = time.perf_counter()
             out = self.regressor.predict_deltas(pooled[rows], np.full(len(rows), k))
-            regression_s[0] += time.perf_counter() - tic
+            regression_s += time.perf_counter() - tic
             return out
 
         use_regression = cfg.regression and self.regressor is not None
         t = time.perf_counter()
         dets = postprocess(boxes, scores, deltas if use_regression else None, image_size, cfg.nms_iou,
                            cfg.pre_nms_top, cfg.max_detections, cfg.score_threshold)
-        timing["regression"] = regression_s[0]
-        timing["nms"] = time.perf_counter() - t - regression_s[0]
+        timing["regression"] = regression_s
+        timing["nms"] = time.perf_counter() - t - regression_s
         return dets
 
     # ------------------------------------------------------------------ save / load
