@@ -614,19 +614,23 @@ class Pipeline:
     """Train an SPP-net (or R-CNN) detector stage by stage, caching each stage in ``run_dir``.
 
     Stages: proposals (shared selective-search cache) -> stored window features
-    (``run_dir/features``) -> FC fine-tuning -> SVMs -> box regression ->
-    the saved detector (``run_dir/config.json`` + weights). Each stage's file name
-    holds a hash of its settings and of its inputs, so a rerun resumes where it
-    stopped and a changed setting never reads a stale file. Chapters 07-10 call
-    the stages one by one; :func:`train_pipeline` runs them all.
+    (``features_dir``, default ``run_dir/features``) -> FC fine-tuning -> SVMs ->
+    box regression -> the saved detector (``run_dir/config.json`` + weights). Each
+    stage's file name holds a hash of its settings and of its inputs, so a rerun
+    resumes where it stopped and a changed setting never reads a stale file.
+    Pipelines that differ only in later stages' settings may share one
+    ``features_dir``. Chapters 07-10 call the stages one by one;
+    :func:`train_pipeline` runs them all.
     """
 
     def __init__(self, data_dir, run_dir, quick: bool | None = None, device="auto",
-                 config: PipelineConfig | None = None, progress: bool = True):
+                 config: PipelineConfig | None = None, progress: bool = True,
+                 features_dir=None):
         from . import config as book_config
 
         self.quick = book_config.QUICK if quick is None else bool(quick)
         self.data_dir, self.run_dir = Path(data_dir), Path(run_dir)
+        self.features_dir = Path(features_dir) if features_dir is not None else self.run_dir / "features"
         self.device = book_config.get_device(device) if isinstance(device, str) else torch.device(device)
         self.cfg = config or PipelineConfig.default(self.quick)
         if self.cfg.extractor not in ("spp", "rcnn"):
@@ -713,8 +717,11 @@ class Pipeline:
             return select_windows(proposals[i], sample.boxes, sample.labels, sample.difficult, k, caps, rng)
 
         extractor = self.extractor()
-        store = FeatureStore.for_extractor(extractor, name=f"windows-{split}",
-                                           root=self.run_dir / "features")
+        # The store's key covers the trunk and the extractor; its name covers the data and
+        # the window sampling, so pipelines that differ only in later stages share it.
+        sampling = config_hash({"data": _data_stamp(self.data_dir), "caps": caps, "seed": cfg.seed}, 8)
+        store = FeatureStore.for_extractor(extractor, name=f"windows-{split}-{sampling}",
+                                           root=self.features_dir)
         store.build(ds, extractor, boxes_fn, progress=self.progress)
         data = store.load(list(ds.image_ids))
         self._memo[key] = data
@@ -866,7 +873,10 @@ def train_pipeline(data_dir, run_dir, quick: bool | None = None, device="auto",
 
 
 def default_pipeline(quick: bool | None = None, progress: bool = True, **changes) -> Pipeline:
-    """The book's pipeline: the generated SynthVOC set, stages cached under ``build/cache/runs``."""
+    """The book's pipeline: the generated SynthVOC set, stages cached under ``build/cache/runs``.
+
+    Its window features go to ``build/cache/windows``, shared by every ``changes`` that
+    leaves the trunk, the extractor and the window sampling alone (e.g. ``iterations``)."""
     from . import config as book_config
     from .data import ensure_dataset
 
@@ -874,7 +884,7 @@ def default_pipeline(quick: bool | None = None, progress: bool = True, **changes
     cfg = PipelineConfig.default(quick, **changes)
     name = config_hash({"quick": quick, **asdict(cfg)})
     return Pipeline(ensure_dataset(quick), book_config.CACHE_DIR / "runs" / name, quick, "auto", cfg,
-                    progress)
+                    progress, features_dir=book_config.CACHE_DIR / "windows")
 
 
 def select_windows(proposals, gt_boxes, gt_labels, gt_difficult, num_classes: int,

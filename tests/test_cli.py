@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from sppnet_lite import cli
+from sppnet_lite.detector import Pipeline, PipelineConfig
+from sppnet_lite.features import SPPFeatureExtractor
 
 
 def run_cli(*args):
@@ -79,12 +81,20 @@ def tiny_dataset(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_end_to_end_train_detect_evaluate(tiny_dataset, tmp_path, capsys):
+def test_end_to_end_train_detect_evaluate(tiny_dataset, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     train = ("train", "--data", tiny_dataset, "--out", run, "--quick", "--device", "cpu", "--scales", "224,320")
     assert run_cli(*train) == 0
     assert json.loads((run / "config.json").read_text())["config"]["scales"] == [224, 320]
     assert run_cli(*train) == 0  # a second run resumes from the cached stages
+
+    # A pipeline that differs only in a later stage's setting reads the same window features.
+    with monkeypatch.context() as patch:
+        patch.setattr(SPPFeatureExtractor, "__call__", lambda *_: pytest.fail("features recomputed"))
+        config = PipelineConfig.default(True, scales=(224, 320), iterations=7)
+        other = Pipeline(tiny_dataset, tmp_path / "other", quick=True, device="cpu", config=config,
+                         progress=False, features_dir=run / "features")
+        assert len(other.windows("train")["features"]) > 0
 
     images = sorted((tiny_dataset / "JPEGImages").glob("test_*.jpg"))[:2]
     out = tmp_path / "detections.json"
