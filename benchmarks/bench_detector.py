@@ -25,10 +25,9 @@ import numpy as np
 import torch
 from bench_features import windows
 
-from sppnet_lite.detector import SCALES, SINGLE_SCALE, TIMED_STAGES, default_pipeline
+from sppnet_lite.detector import SCALES, SHARED_STAGES, SINGLE_SCALE, TIMED_STAGES, default_pipeline
 from sppnet_lite.proposals import selective_search
 
-SHARED_STAGES = ("fc", "svm", "regression", "nms")  # run on every window by both methods
 DETECTORS = {"R-CNN": {"extractor": "rcnn"},
              "SPP-net, 1 scale": {"extractor": "spp", "scales": SINGLE_SCALE},
              "SPP-net, 5 scales": {"extractor": "spp", "scales": SCALES}}
@@ -79,8 +78,7 @@ def main() -> None:
         row["speedup"] = base / row["total"]
         print(f"{name:18s}" + "".join(f"{row[s]:11.4f}" for s in (*TIMED_STAGES, "total"))
               + f"  {row['speedup']:7.1f}x")
-    rcnn = table["R-CNN"]
-    shared = sum(rcnn[s] for s in SHARED_STAGES)
+    shared = sum(table["R-CNN"][s] for s in SHARED_STAGES)
     ceiling = base / shared
     print(f"ceiling: the stages SPP-net shares with R-CNN ({', '.join(SHARED_STAGES)}) take {shared:.4f} s "
           f"of R-CNN's {base:.4f} s, so SPP-net can be at most {ceiling:.1f}x faster")

@@ -486,6 +486,9 @@ def _check_image(image) -> np.ndarray:
 # ----------------------------------------------------------------------------------------
 
 TIMED_STAGES = ("conv", "pool", "fc", "svm", "regression", "nms")
+SHARED_STAGES = ("fc", "svm", "regression", "nms")
+"""The stages R-CNN and SPP-net both run on every window: they cap SPP-net's speed-up
+(R-CNN's time / theirs; chapter 10)."""
 
 ABLATIONS = {
     "no fine-tuning (SVMs on pool5)": {"score": "pool5_svm", "regression": False},
