@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from bench_features import windows
 
-from sppnet_lite.detector import SCALES, SHARED_STAGES, SINGLE_SCALE, TIMED_STAGES, default_pipeline
+from sppnet_lite.detector import SCALES, SHARED_STAGES, SINGLE_SCALE, TIMED_STAGES
+from sppnet_lite.pipeline import default_pipeline
 from sppnet_lite.proposals import selective_search
 
 DETECTORS = {"R-CNN": {"extractor": "rcnn"},

@@ -21,10 +21,12 @@ import time
 import numpy as np
 import torch
 
-from sppnet_lite.backbone import ZFLite, ensure_pretrained
-from sppnet_lite.data import VOCDataset, ensure_dataset
+from sppnet_lite.backbone import ZFLite
+from sppnet_lite.data import ensure_dataset
 from sppnet_lite.features import SPPFeatureExtractor, default_scales
+from sppnet_lite.pretrain import ensure_pretrained
 from sppnet_lite.rcnn import RCNNFeatureExtractor
+from sppnet_lite.voc import VOCDataset
 
 
 def windows(boxes: np.ndarray, count: int, image_size, rng) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The conv trunk SPP-net starts from: ZFLite, torchvision adapters, and pretraining.
+"""The conv trunk SPP-net starts from: ZFLite, torchvision adapters, and a classifier on top.
 
 ``ZFLite`` follows ZF-5 (Zeiler & Fergus; the network of the SPP-net paper's
 detection results) at CPU size: conv1 7×7/2, max-pool 3×3/2, conv2 5×5/2,
@@ -8,12 +8,9 @@ conv5 cell ``(i, j)`` is centred near input pixel ``(16·i, 16·j)`` and has
 projection rule. Its width (conv5: 128 channels) makes a {6, 3, 2, 1} pyramid
 6 400-dimensional.
 
-:func:`ensure_pretrained` is the book's stand-in for ImageNet pretraining: it
-trains ZFLite to classify crops of SynthVOC objects (plus a background class)
-cut from a separate pretraining split with its own seed, and caches the weights
-under ``build/cache/checkpoints/<hash>.pt`` keyed by every setting that
-determines them. Nothing here downloads anything unless the caller passes a
-torchvision weights enum.
+ZFLite is pretrained on SynthVOC crops by :mod:`sppnet_lite.pretrain` (the book's
+stand-in for ImageNet); torchvision's AlexNet, VGG-16 and ResNet-18 trunks take
+ImageNet weights from a local file you provide. Nothing here downloads anything.
 
 Taught in chapter 04 (used from chapter 06 on).
 """
@@ -22,7 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,15 +26,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import config
-from .cache import atomic_path, config_hash
+from .cache import file_hash
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 """Per-channel normalisation of :func:`preprocess` (ImageNet's, so torchvision weights fit)."""
 
-CHECKPOINT_FORMAT = 1
-PRETRAIN_VERSION = 2
 
 
 def preprocess(images, device: torch.device | str | None = None) -> torch.Tensor:
@@ -110,27 +103,6 @@ class ZFLite(nn.Module):
         return {"arch": "ZFLite", "widths": list(self.widths)}
 
 
-class PretrainNet(nn.Module):
-    """Trunk + SPP {6, 3, 2, 1} + two FC layers: the pretraining classifier.
-
-    ``(N, 3, H, W)`` → logits ``(N, num_classes)``; any input size. Taught in chapter 04.
-    """
-
-    def __init__(self, trunk: nn.Module, num_classes: int, levels: Sequence[int] = (6, 3, 2, 1),
-                 hidden: int = 256, dropout: float = 0.3):
-        super().__init__()
-        from .spp import SpatialPyramidPooling
-
-        self.trunk = trunk
-        self.spp = SpatialPyramidPooling(levels)
-        self.head = nn.Sequential(
-            nn.Dropout(dropout), nn.Linear(trunk.out_channels * sum(n * n for n in levels), hidden),
-            nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.spp(self.trunk(x)))
-
-
 # ----------------------------------------------------------------------------------------
 # Receptive field and torchvision adapters
 # ----------------------------------------------------------------------------------------
@@ -161,10 +133,13 @@ class TorchvisionTrunk(nn.Module):
     ``alexnet``: ``features`` without its last max-pool (conv5, 256 channels);
     ``vgg16``: ``features`` without its last max-pool (conv5_3, 512); ``resnet18``:
     stem to ``layer3`` (256). Attributes ``stride`` (16), ``out_channels``,
-    ``receptive_field``. Taught in chapter 04.
+    ``receptive_field`` and ``canonical_size`` (224 px, the ImageNet input the
+    weights were trained on; the detector's scales follow from it). Inputs are
+    normalised with ImageNet's :data:`MEAN` / :data:`STD`, as ZFLite's. Taught in chapter 04.
     """
 
     stride = 16
+    canonical_size = 224
 
     def __init__(self, layers: nn.Module, out_channels: int, name: str):
         super().__init__()
@@ -177,294 +152,126 @@ class TorchvisionTrunk(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
 
+    def config(self) -> dict:
+        """What determines the architecture (saved with a detector)."""
+        return {"arch": self.name}
+
 
 TRUNKS = ("alexnet", "vgg16", "resnet18")
+BACKBONES = ("zflite", *TRUNKS)
+"""What ``sppnet-lite train --backbone`` accepts: the book's ZFLite or a torchvision trunk."""
 
 
-def torchvision_trunk(name: str, weights=None, weights_path: str | os.PathLike | None = None
+def torchvision_trunk(name: str, weights_path: str | os.PathLike | None = None
                       ) -> TorchvisionTrunk:
     """Conv trunk of torchvision's ``alexnet``, ``vgg16`` or ``resnet18``.
 
-    ``weights=None`` and ``weights_path=None`` (the default) give random weights and
-    never touch the network. ``weights_path`` is a local file holding the full
-    model's ``state_dict`` (as torchvision distributes it), read with
-    ``torch.load(weights_only=True)``. ``weights`` may be a torchvision weights enum
-    (e.g. ``torchvision.models.VGG16_Weights.IMAGENET1K_V1``): torchvision then
-    downloads it if it is not cached — only when you ask. Taught in chapter 04.
+    ``weights_path=None`` gives random weights. ``weights_path`` is a local file
+    holding the full model's ``state_dict`` as torchvision distributes it (e.g.
+    ``resnet18-f37072fd.pth``), read with ``torch.load(weights_only=True)``; its
+    SHA-256 becomes the trunk's ``checkpoint_hash``. Nothing is ever downloaded.
+    Taught in chapter 04.
     """
     import torchvision.models as tvm
 
     if name not in TRUNKS:
         raise ValueError(f"name: expected one of {TRUNKS}, got {name!r}")
-    if weights is not None and weights_path is not None:
-        raise ValueError("pass either weights (a torchvision enum) or weights_path, not both")
     model = {"alexnet": tvm.alexnet, "vgg16": tvm.vgg16, "resnet18": tvm.resnet18}[name](
-        weights=weights)
+        weights=None)
     if weights_path is not None:
-        model.load_state_dict(_torch_load(weights_path))
+        try:
+            model.load_state_dict(_torch_load(weights_path))
+        except RuntimeError as err:  # missing or unexpected keys, wrong shapes
+            first = str(err).strip().splitlines()[0]
+            raise ValueError(f"weights {str(weights_path)!r} do not fit torchvision's {name} "
+                             f"({first})") from None
     if name == "resnet18":
         layers = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool,
                                model.layer1, model.layer2, model.layer3)
-        return TorchvisionTrunk(layers, 256, name)
-    features = model.features[:-1]  # drop the last max-pool: stride 32 → 16
-    return TorchvisionTrunk(features, 512 if name == "vgg16" else 256, name)
+        trunk = TorchvisionTrunk(layers, 256, name)
+    else:
+        features = model.features[:-1]  # drop the last max-pool: stride 32 → 16
+        trunk = TorchvisionTrunk(features, 512 if name == "vgg16" else 256, name)
+    if weights_path is not None:
+        trunk.checkpoint_hash = file_hash(weights_path, length=64)
+    return trunk.eval()
 
 
-# ----------------------------------------------------------------------------------------
-# Checkpoints
-# ----------------------------------------------------------------------------------------
+def backbone_spec(trunk: nn.Module) -> dict:
+    """What rebuilds ``trunk``'s architecture, and which weights it holds (saved with a
+    detector): ``arch``, ZFLite's ``widths``, ``checkpoint_hash`` (ZFLite: the
+    pretraining settings' hash; torchvision: the weights file's SHA-256) and the
+    input normalisation. Taught in chapter 10."""
+    if not isinstance(trunk, (ZFLite, TorchvisionTrunk)):
+        raise TypeError(f"backbone: only ZFLite and torchvision trunks can be saved with a "
+                         f"detector, got {type(trunk).__name__}")
+    return {**trunk.config(), "checkpoint_hash": trunk.checkpoint_hash,
+            "normalisation": {"mean": list(MEAN), "std": list(STD)}}
 
-def save_checkpoint(model: ZFLite, path: str | os.PathLike, config_dict: dict,
-                    info: dict | None = None) -> str:
-    """Save ``model``'s weights with ``config_dict`` and its hash, atomically.
 
-    ``info`` (plain numbers/strings, e.g. training time and accuracy) is stored too
-    and comes back as ``.pretrain_info``. Returns the hash (``cache.config_hash`` of
-    ``config_dict``). Taught in chapter 04.
+def backbone_name(spec: dict) -> str:
+    """``"zflite"`` or the torchvision name of a :func:`backbone_spec`."""
+    return "zflite" if spec.get("arch") == "ZFLite" else str(spec.get("arch"))
+
+
+def build_backbone(spec: dict) -> nn.Module:
+    """An untrained trunk with the architecture in ``spec`` (its weights are loaded after)."""
+    if spec.get("normalisation", {"mean": list(MEAN), "std": list(STD)}) != {
+            "mean": list(MEAN), "std": list(STD)}:
+        raise ValueError(f"backbone spec normalises inputs with {spec['normalisation']}; this "
+                         f"sppnet-lite uses mean {MEAN} and std {STD}")
+    name = backbone_name(spec)
+    if name == "zflite":
+        model = ZFLite(spec["widths"])
+    elif name in TRUNKS:
+        model = torchvision_trunk(name)
+    else:
+        raise ValueError(f"backbone spec names architecture {spec.get('arch')!r}; expected "
+                         f"'ZFLite' or one of {TRUNKS}")
+    model.checkpoint_hash = spec.get("checkpoint_hash")
+    return model.eval()
+
+
+class Classifier(nn.Module):
+    """Trunk + pooling + FC: ``(N, 3, H, W)`` → logits ``(N, num_classes)``.
+
+    ``head="fc"`` max-pools conv5 with a 2×2/2 window and flattens: it needs the
+    input size it was built for (``fixed_size``; 96 → conv5 6×6 → 3×3 bins).
+    ``head="spp"`` pools a pyramid (``levels``) and accepts any size. The
+    pretraining network and chapter 04's four classifiers. Taught in chapter 04.
     """
-    digest = config_hash(config_dict)
-    payload = {"format": CHECKPOINT_FORMAT, "config": config_dict, "config_hash": digest,
-               "model_config": model.config(), "state_dict": model.state_dict(),
-               "info": dict(info or {})}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return digest
 
+    def __init__(self, trunk: nn.Module, num_classes: int, head: str = "spp",
+                 levels: Sequence[int] = (3, 2, 1), fixed_size: int = 96, hidden: int = 256,
+                 dropout: float = 0.3):
+        super().__init__()
+        from .spp import SpatialPyramidPooling
 
-def load_checkpoint(path: str | os.PathLike, expected_hash: str | None = None,
-                    device: torch.device | str | None = None) -> ZFLite:
-    """Load a ZFLite checkpoint written by :func:`save_checkpoint` (eval mode).
+        self.trunk = trunk
+        self.head_kind = head
+        if head == "fc":
+            cells = math.ceil(fixed_size / trunk.stride) // 2
+            self.pool = nn.Sequential(nn.MaxPool2d(2), nn.Flatten())
+            in_dim = trunk.out_channels * cells * cells
+        elif head == "spp":
+            self.pool = SpatialPyramidPooling(levels)
+            in_dim = trunk.out_channels * sum(n * n for n in levels)
+        else:
+            raise ValueError(f"head: expected 'fc' or 'spp', got {head!r}")
+        self.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, hidden),
+                                nn.ReLU(inplace=True), nn.Dropout(dropout),
+                                nn.Linear(hidden, num_classes))
 
-    Raises ``FileNotFoundError`` for a missing file, ``ValueError`` for a file that is
-    not such a checkpoint (corrupt, truncated, foreign) or whose config hash differs
-    from ``expected_hash``. The model gets ``.checkpoint_hash``. Taught in chapter 04.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"path: no checkpoint at {str(path)!r}; create one with "
-                                "ensure_pretrained() or save_checkpoint()")
-    payload = _torch_load(path)
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT or any(
-            key not in payload for key in ("config_hash", "model_config", "state_dict")):
-        raise ValueError(f"path: {str(path)!r} is not a sppnet-lite checkpoint (format "
-                         f"{CHECKPOINT_FORMAT}); delete it and rerun ensure_pretrained()")
-    if expected_hash is not None and payload["config_hash"] != expected_hash:
-        raise ValueError(f"checkpoint {str(path)!r} has config hash {payload['config_hash']!r}, "
-                         f"expected {expected_hash!r}: it was trained with other settings; "
-                         "delete it or rerun ensure_pretrained()")
-    model = ZFLite(payload["model_config"]["widths"])
-    model.load_state_dict(payload["state_dict"])
-    model.checkpoint_hash = payload["config_hash"]
-    model.pretrain_info = payload.get("info", {})
-    return model.to(device or "cpu").eval()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.trunk(x)))
 
 
 def _torch_load(path):
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"weights: no file at {str(path)!r}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
     except Exception as err:  # torch raises several types for a damaged file
-        raise ValueError(f"path: cannot read {str(path)!r} as a torch file ({type(err).__name__}: "
-                         f"{err}); the file is corrupt or not a state dict") from err
-
-
-# ----------------------------------------------------------------------------------------
-# Pretraining (the stand-in for ImageNet)
-# ----------------------------------------------------------------------------------------
-
-def pretrain_config(quick: bool | None = None) -> dict:
-    """Every setting that determines the pretrained weights (hashed into the file name)."""
-    from .data import load_recipe, recipe_hash
-
-    quick = config.QUICK if quick is None else bool(quick)
-    recipe = load_recipe()
-    return {
-        "version": PRETRAIN_VERSION, "model": ZFLite().config(),
-        "recipe": recipe_hash(recipe, quick=False), "seed": recipe["pretrain_seed"],
-        "scenes": 300 if quick else 700, "crops_per_object": 3, "context": [1.0, 2.5], "background_fraction": 0.3,
-        "size": ZFLite.canonical_size, "epochs": 5 if quick else 7, "batch_size": 64,
-        "lr": 1e-3, "weight_decay": 1e-4, "levels": [6, 3, 2, 1],
-    }
-
-
-def ensure_pretrained(quick: bool | None = None, device: torch.device | str | None = None,
-                      progress: bool = True) -> ZFLite:
-    """Return the pretrained ZFLite (eval mode, ``.checkpoint_hash`` set).
-
-    Trains once (≈1 min quick, ≈3 min full on 2 CPU cores) and caches the weights
-    at ``config.CACHE_DIR / "checkpoints" / <hash>.pt``; a later call with the same
-    settings loads them, a call with other settings trains anew (never a stale
-    file). Taught in chapter 04.
-    """
-    cfg = pretrain_config(quick)
-    digest = config_hash(cfg)
-    path = config.CACHE_DIR / "checkpoints" / f"{digest}.pt"
-    device = config.get_device() if device is None else torch.device(device)
-    if path.is_file():
-        try:
-            return load_checkpoint(path, expected_hash=digest, device=device)
-        except ValueError:
-            path.unlink(missing_ok=True)  # corrupt cache file: train again
-    model, info = pretrain(cfg, device=device, progress=progress)
-    save_checkpoint(model, path, cfg, info)
-    model.checkpoint_hash = digest
-    return model.to(device).eval()
-
-
-def pretraining_crops(cfg: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Crops of the pretraining scenes: uint8 ``(N, s, s, 3)`` and labels ``(N,)``.
-
-    Object crops (label = class) are windows around an object whose side is its
-    longer side times ``cfg["context"]`` (log-uniform, e.g. 1–2.5: the object
-    fills all or as little as 40 % of the crop), whose aspect ratio is jittered
-    (2:3 to 3:2; the object keeps its own) and which are shifted up to ±20 % of
-    the object's size, so partial views occur; background
-    crops (label = number of classes) are random windows of 16–240 px overlapping
-    every object's box by IoU < 0.3 and holding < 40 % of any object, many of
-    them near objects. All are warped
-    to ``cfg["size"]``. Taught in chapter 04.
-    """
-    import cv2
-
-    from .data import load_recipe, make_scenes
-
-    recipe = load_recipe()
-    num_classes = len(recipe["classes"])
-    rng = np.random.default_rng(cfg["seed"] + 1000)
-    size = cfg["size"]
-    crops, labels = [], []
-    for scene in make_scenes(cfg["scenes"], seed=cfg["seed"], recipe=recipe):
-        image, boxes = scene.image, scene.boxes
-        height, width = image.shape[:2]
-        windows, window_labels = [], []
-        for box, label in zip(boxes, scene.labels):
-            w, h = box[2] - box[0], box[3] - box[1]
-            for _ in range(cfg["crops_per_object"]):
-                side = max(w, h) * math.exp(rng.uniform(*np.log(cfg["context"])))
-                aspect = math.exp(rng.uniform(-0.4, 0.4))
-                cx = (box[0] + box[2]) / 2 + rng.uniform(-0.2, 0.2) * w
-                cy = (box[1] + box[3]) / 2 + rng.uniform(-0.2, 0.2) * h
-                side_w, side_h = max(side * math.sqrt(aspect), 8), max(side / math.sqrt(aspect), 8)
-                windows.append([cx - side_w / 2, cy - side_h / 2,
-                                cx + side_w / 2, cy + side_h / 2])
-                window_labels.append(int(label))
-        fraction = cfg["background_fraction"]
-        n_bg = round(len(windows) * fraction / (1 - fraction))
-        tries = 0
-        while n_bg > 0 and tries < 50 * max(n_bg, 1):
-            tries += 1
-            side = math.exp(rng.uniform(math.log(16), math.log(240)))
-            aspect = math.exp(rng.uniform(-0.7, 0.7))
-            bw, bh = side * math.sqrt(aspect), side / math.sqrt(aspect)
-            if len(boxes) and rng.random() < 0.5:  # near an object: hard negatives
-                b = boxes[rng.integers(len(boxes))]
-                cx = rng.uniform(b[0] - bw / 2, b[2] + bw / 2)
-                cy = rng.uniform(b[1] - bh / 2, b[3] + bh / 2)
-            else:
-                cx, cy = rng.uniform(0, width), rng.uniform(0, height)
-            win = np.array([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2])
-            if len(boxes) and _overlaps(win, boxes) >= 0.3:
-                continue
-            windows.append(list(win))
-            window_labels.append(num_classes)
-            n_bg -= 1
-        for win, label in zip(windows, window_labels):
-            crops.append(_crop_warp(image, win, size, cv2))
-            labels.append(label)
-    return np.stack(crops), np.asarray(labels, np.int64)
-
-
-def pretrain(cfg: dict, device: torch.device | str = "cpu", progress: bool = True
-             ) -> tuple[ZFLite, dict]:
-    """Train a fresh ZFLite + SPP head on :func:`pretraining_crops` (AdamW, one-cycle LR,
-    horizontal flips). Returns the trunk and ``{"seconds", "train_accuracy",
-    "val_accuracy", "crops"}``. Taught in chapter 04."""
-    from tqdm.auto import tqdm
-
-    from .data import load_recipe
-
-    start = time.perf_counter()
-    num_classes = len(load_recipe()["classes"]) + 1
-    crops, labels = pretraining_crops(cfg)
-    rng = np.random.default_rng(cfg["seed"])
-    order = rng.permutation(len(labels))
-    n_val = max(len(labels) // 10, 1)
-    val_idx, train_idx = order[:n_val], order[n_val:]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg["seed"])
-        trunk = ZFLite(cfg["model"]["widths"])
-        net = PretrainNet(trunk, num_classes, cfg["levels"]).to(device)
-        steps_per_epoch = math.ceil(len(train_idx) / cfg["batch_size"])
-        opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg["lr"], total_steps=steps_per_epoch
-                                                    * cfg["epochs"], pct_start=0.2)
-        bar = tqdm(total=steps_per_epoch * cfg["epochs"], desc="pretraining ZFLite",
-                   disable=not progress, leave=False)
-        correct = seen = 0
-        for _epoch in range(cfg["epochs"]):
-            net.train()
-            perm = rng.permutation(train_idx)
-            correct = seen = 0
-            for b in range(steps_per_epoch):
-                idx = perm[b * cfg["batch_size"]:(b + 1) * cfg["batch_size"]]
-                batch = crops[idx]
-                flip = rng.random(len(idx)) < 0.5
-                batch = np.where(flip[:, None, None, None], batch[:, :, ::-1], batch)
-                x = preprocess(batch, device)
-                y = torch.from_numpy(labels[idx]).to(device)
-                logits = net(x)
-                loss = nn.functional.cross_entropy(logits, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                correct += int((logits.argmax(1) == y).sum())
-                seen += len(idx)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-        bar.close()
-        val_acc = _accuracy(net, crops[val_idx], labels[val_idx], device)
-    info = {"seconds": time.perf_counter() - start, "train_accuracy": correct / max(seen, 1),
-            "val_accuracy": val_acc, "crops": len(labels)}
-    trunk.pretrain_info = info
-    return trunk.cpu().eval(), info
-
-
-@torch.no_grad()
-def _accuracy(net, crops, labels, device, batch_size=256) -> float:
-    net.eval()
-    correct = 0
-    for b in range(0, len(labels), batch_size):
-        logits = net(preprocess(crops[b:b + batch_size], device))
-        correct += int((logits.argmax(1).cpu().numpy() == labels[b:b + batch_size]).sum())
-    return correct / max(len(labels), 1)
-
-
-def _overlaps(window: np.ndarray, boxes: np.ndarray) -> float:
-    """Largest of IoU(window, box) and the fraction of a box inside the window: a
-    background crop may neither match an object nor contain most of one."""
-    from torchvision.ops import box_iou
-
-    win = torch.as_tensor(window[None], dtype=torch.float32)
-    gts = torch.as_tensor(boxes, dtype=torch.float32)
-    lt, rb = torch.maximum(win[:, :2], gts[:, :2]), torch.minimum(win[:, 2:], gts[:, 2:])
-    inter = (rb - lt).clamp(min=0).prod(1)
-    covered = inter / ((gts[:, 2:] - gts[:, :2]).prod(1)).clamp(min=1e-6)
-    return float(torch.maximum(box_iou(win, gts)[0], covered / 0.4 * 0.3).max())
-
-
-def _crop_warp(image, window, size, cv2) -> np.ndarray:
-    """Cut ``window`` (x1y1x2y2; parts outside the image replicate its border) and
-    resize it to size×size (area interpolation when shrinking)."""
-    height, width = image.shape[:2]
-    x1, y1 = math.floor(window[0]), math.floor(window[1])
-    x2, y2 = max(math.ceil(window[2]), x1 + 1), max(math.ceil(window[3]), y1 + 1)
-    pad = (max(-y1, 0), max(y2 - height, 0), max(-x1, 0), max(x2 - width, 0))
-    if any(pad):
-        image = cv2.copyMakeBorder(image, *pad, cv2.BORDER_REPLICATE)
-        x1, x2, y1, y2 = x1 + pad[2], x2 + pad[2], y1 + pad[0], y2 + pad[0]
-    patch = image[y1:y2, x1:x2]
-    shrink = patch.shape[0] > size and patch.shape[1] > size
-    return cv2.resize(patch, (size, size),
-                      interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        raise ValueError(f"weights: cannot read {str(path)!r} as a torch file "
+                         f"({type(err).__name__}: {err}); the file is corrupt or not a state "
+                         "dict") from err

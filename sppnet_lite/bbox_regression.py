@@ -1,10 +1,10 @@
-"""Class-specific bounding-box regression on pooled SPP features (R-CNN appendix C).
+"""Class-specific bounding-box regression on pooled SPP vectors (R-CNN appendix C).
 
-For every class a ridge regressor maps a window's pooled conv5 feature to the
+For every class a ridge regressor maps a window's pooled conv5 vector to the
 offsets ``(dx, dy, dw, dh)`` (:func:`sppnet_lite.boxes.encode`) that move it onto
 its ground truth. Only windows that already overlap a ground truth well
-(IoU >= 0.6, as in R-CNN; the SPP-net code used 0.5) are training examples:
-far-away windows carry no information about where the object is.
+(:data:`sppnet_lite.windows.REGRESSION_IOU`) are training examples: far-away windows
+carry no information about where the object is.
 Taught in chapter 09.
 """
 
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.linear_model import Ridge
 
-from .boxes import as_boxes, decode, encode
-from .svm import feature_scale_for
+from .boxes import as_boxes, decode
+from .features import norm_scale
 
 
 @dataclass
@@ -35,9 +35,9 @@ class BoxRegressor:
     feature_scale: float
     trained: np.ndarray
 
-    def predict_deltas(self, features, labels) -> np.ndarray:
-        """Deltas ``(N, 4)`` for ``(N, D)`` features, each with the regressor of its class."""
-        x = _numpy(features).astype(np.float32) * self.feature_scale
+    def predict_deltas(self, pooled, labels) -> np.ndarray:
+        """Deltas ``(N, 4)`` for ``(N, D)`` pooled vectors, each with the regressor of its class."""
+        x = _numpy(pooled).astype(np.float32) * self.feature_scale
         labels = np.asarray(labels, np.int64).reshape(-1)
         if len(labels) != len(x):
             raise ValueError(f"labels must have one entry per feature row ({len(x)}), got {len(labels)}")
@@ -49,19 +49,9 @@ class BoxRegressor:
             out[rows] = (x[rows] @ self.weights[k] + self.bias[k]) * self.target_std + self.target_mean
         return out
 
-    def predict_all(self, features) -> np.ndarray:
-        """Deltas ``(N, K, 4)`` of every class's regressor for every row."""
-        x = _numpy(features).astype(np.float32) * self.feature_scale
-        k, d, _ = self.weights.shape
-        flat = self.weights.transpose(1, 0, 2).reshape(d, k * 4)  # one BLAS matmul for all classes
-        deltas = (x @ flat).reshape(len(x), k, 4) + self.bias[None]
-        deltas = deltas * self.target_std + self.target_mean
-        deltas[:, ~self.trained] = 0.0
-        return deltas.astype(np.float32)
-
-    def refine(self, features, boxes, labels) -> np.ndarray:
+    def refine(self, pooled, boxes, labels) -> np.ndarray:
         """Refined ``(N, 4)`` x1y1x2y2 pixel boxes: ``boxes`` moved by their class's deltas."""
-        return decode(as_boxes(boxes), self.predict_deltas(features, labels))
+        return decode(as_boxes(boxes), self.predict_deltas(pooled, labels))
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"weights": self.weights, "bias": self.bias, "target_mean": self.target_mean,
@@ -75,38 +65,21 @@ class BoxRegressor:
                             float(a["feature_scale"]), a["trained"].astype(bool))
 
 
-def regression_examples(boxes, gt_boxes, gt_labels, min_iou: float = 0.6):
-    """Select training windows and their targets in one image.
-
-    ``boxes`` (N, 4) windows, ``gt_boxes`` (G, 4), ``gt_labels`` (G,). Returns
-    ``(rows (M,) int, labels (M,), targets (M, 4))`` for windows whose best IoU
-    with a ground truth is >= ``min_iou``; the target points at that ground truth.
-    """
-    from .boxes import max_overlaps
-
-    boxes, gt_boxes = as_boxes(boxes), as_boxes(gt_boxes, "gt_boxes")
-    iou, index = max_overlaps(boxes, gt_boxes)
-    rows = np.flatnonzero(iou >= min_iou)
-    labels = np.asarray(gt_labels, np.int64)[index[rows]] if len(rows) else np.zeros(0, np.int64)
-    targets = encode(boxes[rows], gt_boxes[index[rows]]) if len(rows) else np.zeros((0, 4), np.float32)
-    return rows, labels, targets
-
-
-def train_box_regressor(features, labels, targets, num_classes: int, alpha: float = 1000.0,
+def train_box_regressor(pooled, labels, targets, num_classes: int, alpha: float = 1000.0,
                         min_examples: int = 4) -> BoxRegressor:
-    """Fit one ridge regressor per class on ``(N, D)`` features, ``(N,)`` labels, ``(N, 4)`` targets.
+    """Fit one ridge regressor per class on ``(N, D)`` pooled vectors, ``(N,)`` labels, ``(N, 4)`` targets.
 
-    ``alpha`` is the ridge penalty on features rescaled to mean L2 norm 20 (R-CNN
+    ``alpha`` is the ridge penalty on pooled vectors rescaled to mean L2 norm 20 (R-CNN
     used lambda = 1000). A class with fewer than ``min_examples`` examples is left
     untrained (its boxes pass through unchanged). Taught in chapter 09.
     """
-    x_all = _numpy(features).astype(np.float32)
+    x_all = _numpy(pooled).astype(np.float32)
     labels = np.asarray(labels, np.int64).reshape(-1)
     targets = np.asarray(targets, np.float32).reshape(-1, 4)
     if not (len(x_all) == len(labels) == len(targets)):
-        raise ValueError(f"features ({len(x_all)}), labels ({len(labels)}) and targets "
+        raise ValueError(f"pooled ({len(x_all)}), labels ({len(labels)}) and targets "
                          f"({len(targets)}) must have the same number of rows")
-    scale = feature_scale_for(x_all) if len(x_all) else 1.0
+    scale = norm_scale(x_all) if len(x_all) else 1.0
     mean = targets.mean(axis=0) if len(targets) else np.zeros(4, np.float32)
     std = targets.std(axis=0) + 1e-6 if len(targets) else np.ones(4, np.float32)
     dim = x_all.shape[1] if x_all.ndim == 2 else 0

@@ -1,12 +1,15 @@
-"""Box helpers for the detector: IoU, the R-CNN box coding and non-maximum suppression.
+"""Boxes for every detector in the book: IoU, one matcher, the R-CNN box coding, NMS, and
+the detector's output type :class:`Detections`.
 
 Boxes are float32 ``(K, 4)`` arrays ``[x1, y1, x2, y2]`` in input-image pixels
 (continuous coordinates: width = x2 - x1). IoU and NMS are thin wrappers over
 ``torchvision.ops`` so the book and the tests share one definition.
-Taught in chapters 09 (box coding) and 10 (NMS).
+Taught in chapters 05 (IoU, matching), 09 (box coding) and 10 (NMS).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,7 +33,7 @@ def as_boxes(boxes, name: str = "boxes") -> np.ndarray:
 def box_iou(boxes_a, boxes_b) -> np.ndarray:
     """IoU matrix ``(A, B)`` float32 between two sets of x1y1x2y2 pixel boxes.
 
-    Uses ``torchvision.ops.box_iou``. Taught in chapter 07.
+    Uses ``torchvision.ops.box_iou``. Taught in chapter 05.
     """
     a, b = as_boxes(boxes_a, "boxes_a"), as_boxes(boxes_b, "boxes_b")
     if len(a) == 0 or len(b) == 0:
@@ -38,19 +41,21 @@ def box_iou(boxes_a, boxes_b) -> np.ndarray:
     return _tv_box_iou(torch.from_numpy(a), torch.from_numpy(b)).numpy()
 
 
-def max_overlaps(boxes, gt_boxes, gt_labels=None) -> tuple[np.ndarray, np.ndarray]:
-    """For each box, its best IoU with any ground truth and that ground truth's index.
+def match_boxes(boxes, targets) -> tuple[np.ndarray, np.ndarray]:
+    """For each of ``boxes`` (K, 4), its best IoU with any of ``targets`` (T, 4) and that
+    target's index: ``(iou (K,) float32, index (K,) int64)``.
 
-    Returns ``(iou (K,) float32, gt_index (K,) int64)``; with no ground truth,
-    IoU is 0 and the index -1. Taught in chapter 07.
+    With no targets the IoU is 0 and the index -1. The book's one matcher: windows
+    against ground truth (``match_boxes(windows, gt_boxes)``, chapter 07) and, the
+    other way round, each object's best proposal (``match_boxes(gt_boxes, proposals)``,
+    chapter 05). Taught in chapter 05.
     """
     boxes = as_boxes(boxes)
-    gt_boxes = as_boxes(gt_boxes, "gt_boxes")
-    if len(gt_boxes) == 0:
+    targets = as_boxes(targets, "targets")
+    if len(targets) == 0 or len(boxes) == 0:
         return np.zeros(len(boxes), np.float32), np.full(len(boxes), -1, np.int64)
-    iou = box_iou(boxes, gt_boxes)
-    index = iou.argmax(axis=1) if len(boxes) else np.zeros(0, np.int64)
-    return iou.max(axis=1) if len(boxes) else np.zeros(0, np.float32), index.astype(np.int64)
+    iou = box_iou(boxes, targets)
+    return iou.max(axis=1), iou.argmax(axis=1).astype(np.int64)
 
 
 def encode(boxes, gt_boxes) -> np.ndarray:
@@ -111,6 +116,24 @@ def nms_per_class(boxes, scores, labels, iou_threshold: float = 0.3) -> np.ndarr
     keep = batched_nms(torch.from_numpy(b), torch.as_tensor(np.asarray(scores), dtype=torch.float32),
                        torch.as_tensor(np.asarray(labels), dtype=torch.int64), float(iou_threshold))
     return keep.numpy().astype(np.int64)
+
+
+@dataclass
+class Detections:
+    """The detections in one image: ``boxes`` (D, 4) float32 x1y1x2y2 pixels, ``scores`` (D,)
+    float32, ``labels`` (D,) int64 indexing the detector's ``class_names``, best first.
+    What every detector's ``detect`` returns. Taught in chapter 10."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+
+    @staticmethod
+    def empty() -> Detections:
+        return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+
+    def __len__(self) -> int:
+        return len(self.scores)
 
 
 def paired_iou(boxes_a, boxes_b) -> np.ndarray:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,3 +90,36 @@ def save_json_atomic(path: str | os.PathLike, obj: object) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
     return path
+
+
+def save_weights(path: str | os.PathLike, state_dict: dict, meta: dict | None = None) -> Path:
+    """Write a module's ``state_dict`` (tensors) and a JSON-able ``meta`` dict to ``path``.
+
+    The book's one weights format, for checkpoints, training stages and saved
+    detectors: an ``.npz`` of plain arrays (the metadata as a JSON string), written
+    atomically and read back by :func:`load_weights` without unpickling anything.
+    """
+    arrays = {f"w:{name}": tensor.detach().cpu().numpy() for name, tensor in state_dict.items()}
+    return save_npz_atomic(path, __meta__=np.array(json.dumps(meta or {}, sort_keys=True)),
+                           **arrays)
+
+
+def load_weights(path: str | os.PathLike) -> tuple[dict, dict]:
+    """``(state_dict of CPU tensors, meta)`` from a file written by :func:`save_weights`.
+
+    ``FileNotFoundError`` when missing; ``ValueError`` when the file is damaged or
+    is not such a file."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights file at {str(path)!r}")
+    try:
+        arrays = load_npz(path)
+        meta = json.loads(str(arrays.pop("__meta__")))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{str(path)!r} is not a sppnet-lite weights file ({type(err).__name__}: "
+                         f"{err}); delete it and rerun") from None
+    state = {name[2:]: torch.from_numpy(array) for name, array in arrays.items()
+             if name.startswith("w:")}
+    return state, meta

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+BACKBONES = ("zflite", "alexnet", "vgg16", "resnet18")  # sppnet_lite.backbone.BACKBONES, kept
+# here so that parsing the command line imports no torch
 
 
 class CLIError(Exception):
@@ -57,7 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     train.add_argument("--scales", type=scale_list, default=None, metavar="S1,S2,...",
                        help="shorter image sides of the conv passes, px (default: the five of "
-                            "sppnet_lite.detector.SCALES; one, e.g. 448, is faster)")
+                            "sppnet_lite.detector.SCALES for zflite, the paper's five for a "
+                            "torchvision trunk; one, e.g. 448, is faster)")
+    train.add_argument("--iterations", type=int, default=None, metavar="N",
+                       help="FC fine-tuning mini-batches (default: 3000, 500 with --quick)")
+    _add_backbone_arguments(train, default="zflite")
+    train.add_argument("--classes", type=name_list, default=None, metavar="A,B,...",
+                       help="class names in label order (default: the folder's classes.txt, "
+                            "else the names found in the training annotations)")
     train.set_defaults(func=cmd_train)
 
     detect = sub.add_parser("detect", help="detect objects in images")
@@ -68,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--score-threshold", type=float, default=None,
                         help="keep detections scoring at least this (default: 0 for SVM scores)")
     detect.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    _add_backbone_arguments(detect, default=None)
     detect.set_defaults(func=cmd_detect)
 
     evaluate = sub.add_parser("evaluate", help="VOC AP / mAP of a trained detector")
@@ -76,12 +86,30 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--max-images", type=int, default=None)
     evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    _add_backbone_arguments(evaluate, default=None)
     evaluate.set_defaults(func=cmd_evaluate)
 
     book = sub.add_parser("book", help="execute every chapter into build/")
     book.add_argument("--quick", action="store_true")
     book.set_defaults(func=cmd_book)
     return parser
+
+
+def _add_backbone_arguments(parser: argparse.ArgumentParser, default: str | None) -> None:
+    checked = "" if default else " (checked against the run: a mismatch is refused)"
+    parser.add_argument("--backbone", choices=BACKBONES, default=default,
+                        help="the conv trunk: the book's ZFLite or a torchvision trunk" + checked)
+    parser.add_argument("--weights", type=Path, default=None, metavar="FILE",
+                        help="torchvision ImageNet weights (a local state-dict file; needed for "
+                             "alexnet, vgg16, resnet18; never downloaded)" + checked)
+
+
+def name_list(text: str) -> tuple[str, ...]:
+    """``"cat,dog"`` -> ``("cat", "dog")``; argparse turns the ValueError into a usage error."""
+    names = tuple(part.strip() for part in text.split(","))
+    if not all(names) or len(set(names)) != len(names):
+        raise ValueError(text)
+    return names
 
 
 def scale_list(text: str) -> tuple[int, ...]:
@@ -107,35 +135,49 @@ def cmd_data_make(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from . import config
-    from .data import VOCDataset
-    from .detector import PipelineConfig, train_pipeline
-
     _need_dir(args.data, "--data")
-    VOCDataset(args.data, "train")  # a bad folder fails here, before any training
-    device = config.get_device(args.device)
-    settings = PipelineConfig.default(args.quick, **({"scales": args.scales} if args.scales else {}))
-    detector = train_pipeline(args.data, args.out, quick=args.quick, device=device, config=settings)
-    print(f"trained detector for {len(detector.class_names)} classes saved to {args.out}")
+    weights = _need_weights(args)
+    from . import config
+    from .pipeline import Pipeline, PipelineConfig
+    from .voc import check_images
+
+    changes = {"backbone": args.backbone, "weights": weights, "classes": args.classes}
+    if args.scales:
+        changes["scales"] = args.scales
+    if args.iterations is not None:
+        if args.iterations < 1:
+            raise CLIError(f"--iterations must be at least 1, got {args.iterations}")
+        changes["iterations"] = args.iterations
+    settings = PipelineConfig.default(args.quick, **changes)
+    pipeline = Pipeline(args.data, args.out, quick=args.quick, device=config.get_device(args.device),
+                        config=settings)
+    for split in (settings.train_split, settings.val_split):  # a bad image fails here, not later
+        check_images(pipeline.dataset(split))
+    detector = pipeline.run()
+    print(f"trained detector for {len(detector.class_names)} classes "
+          f"({', '.join(detector.class_names)}) saved to {args.out}")
     return 0
 
 
 def cmd_detect(args) -> int:
+    from .voc import read_image
+
+    paths = collect_images(args.images)
+    images = [read_image(p) for p in paths]  # fail on a bad image before any work
+    _need_run(args.run)
+    weights = _need_weights(args)
     import numpy as np
+    from tqdm.auto import tqdm
 
     from . import config
     from .cache import save_json_atomic
     from .detector import SPPNetDetector
 
-    paths = collect_images(args.images)
-    images = [read_image(p) for p in paths]  # fail on a bad image before any work
-    detector = SPPNetDetector.load(args.run, device=config.get_device(args.device))
+    detector = _load_detector(SPPNetDetector, args, weights, config.get_device(args.device))
     threshold = args.score_threshold
     if threshold is None:
         threshold = 0.0 if detector.config.score == "svm" else 0.5
     rows = []
-    from tqdm.auto import tqdm
-
     for path, image in tqdm(list(zip(paths, images)), desc="detect", disable=len(paths) < 2):
         dets = detector.detect(image, score_threshold=threshold)
         for box, score, label in zip(dets.boxes, dets.scores, dets.labels):
@@ -149,13 +191,16 @@ def cmd_detect(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    _need_dir(args.data, "--data")
+    _need_run(args.run)
+    weights = _need_weights(args)
     from . import config
     from .cache import save_json_atomic
-    from .data import VOCDataset
-    from .detector import SPPNetDetector, evaluate_detector
+    from .detector import SPPNetDetector
+    from .evaluate import evaluate_detector
+    from .voc import VOCDataset
 
-    _need_dir(args.data, "--data")
-    detector = SPPNetDetector.load(args.run, device=config.get_device(args.device))
+    detector = _load_detector(SPPNetDetector, args, weights, config.get_device(args.device))
     dataset = VOCDataset(args.data, args.split, classes=detector.class_names)
     if len(dataset) == 0:
         raise CLIError(f"--split {args.split!r} of {str(args.data)!r} lists no images")
@@ -193,16 +238,6 @@ def collect_images(items) -> list[Path]:
     return paths
 
 
-def read_image(path: Path):
-    """RGB uint8 (H, W, 3) from an image file, or a one-line error."""
-    import cv2
-
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise CLIError(f"cannot read {str(path)!r} as an image (missing, unreadable or corrupt)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
 def draw_detections(image, dets, class_names, path: Path) -> None:
     import matplotlib
 
@@ -224,6 +259,35 @@ def draw_detections(image, dets, class_names, path: Path) -> None:
 def _need_dir(path: Path, name: str) -> None:
     if not Path(path).is_dir():
         raise CLIError(f"{name} {str(path)!r} is not a folder")
+
+
+def _need_run(run: Path) -> None:
+    if not (Path(run) / "config.json").is_file():
+        raise CLIError(f"--run {str(run)!r} has no config.json; expected the output of "
+                       "`sppnet-lite train`")
+
+
+def _need_weights(args) -> str | None:
+    """``--weights`` as a string path, checked to exist; ``None`` when not given."""
+    if args.weights is None:
+        if args.backbone not in (None, "zflite"):
+            raise CLIError(f"--backbone {args.backbone} needs --weights FILE (torchvision's "
+                           "ImageNet state dict, a local file; see the README)")
+        return None
+    if not Path(args.weights).is_file():
+        raise CLIError(f"--weights {str(args.weights)!r} is not a file")
+    if args.backbone in (None, "zflite"):
+        raise CLIError("--weights is for a torchvision trunk: add --backbone alexnet, vgg16 "
+                       "or resnet18")
+    return str(args.weights)
+
+
+def _load_detector(cls, args, weights: str | None, device):
+    """The run's detector; ``--backbone`` / ``--weights``, when given, must match it."""
+    from .cache import file_hash
+
+    return cls.load(args.run, device=device, backbone=args.backbone,
+                    weights_hash=file_hash(weights, length=64) if weights else None)
 
 
 if __name__ == "__main__":

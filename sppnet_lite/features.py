@@ -1,4 +1,4 @@
-"""Shared conv features: SPP-net's one conv pass per image, and a feature store.
+"""Shared conv features: SPP-net's one conv pass per image, pooled for every window.
 
 R-CNN warps each of ~2 000 windows to the network's input size and runs the
 whole conv trunk on every one of them. SPP-net runs the conv trunk once on the
@@ -20,20 +20,13 @@ canonical size (:func:`default_scales`): for ZFLite (96 px) that is
 
 from __future__ import annotations
 
-import json
-import os
-import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-
-from . import config
-from .cache import array_hash, atomic_path, config_hash, save_json_atomic, save_npz_atomic
 
 PAPER_SCALES = (480, 576, 688, 864, 1200)
 PAPER_SINGLE_SCALE = 688
@@ -92,7 +85,41 @@ def resize_shorter_side(image: np.ndarray, scale: int) -> tuple[np.ndarray, floa
     return resized, new_w / width, new_h / height
 
 
-class SPPFeatureExtractor:
+class WindowExtractor:
+    """What both window extractors share: a trunk, a pyramid, the input checks.
+
+    ``extractor(image, boxes)`` with RGB uint8 ``(H, W, 3)`` and float ``(R, 4)``
+    x1y1x2y2 pixel boxes returns ``pooled``: float32 ``(R, output_dim)`` on the CPU,
+    ``output_dim = C·Σn²``, rows in the order of ``boxes``; ``last_timing`` holds the
+    seconds of the last call. :class:`SPPFeatureExtractor` (SPP-net) and
+    :class:`sppnet_lite.rcnn.RCNNFeatureExtractor` (R-CNN) differ only in where the
+    conv trunk runs. Taught in chapter 06.
+    """
+
+    def __init__(self, backbone: torch.nn.Module, levels: Sequence[int] = DEFAULT_LEVELS,
+                 preprocess: Callable | None = None):
+        _check_backbone(backbone)
+        self.backbone = backbone
+        self.levels = tuple(int(n) for n in levels)
+        self.preprocess = preprocess or _default_preprocess()
+        self.output_dim = int(backbone.out_channels) * sum(n * n for n in self.levels)
+        self.last_timing: dict = {}
+
+    def _inputs(self, image, boxes) -> tuple[np.ndarray, np.ndarray, torch.device]:
+        """The checked image and boxes and the trunk's device."""
+        return check_image(image), _check_boxes(boxes), _module_device(self.backbone)
+
+    def _preprocess_name(self) -> str:
+        return _qualified_name(self.preprocess)
+
+    @staticmethod
+    def _synchronize(device: torch.device) -> None:
+        """Wait for the GPU, so stage timings measure work, not queueing."""
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+
+class SPPFeatureExtractor(WindowExtractor):
     """SPP-net features: one conv pass per scale, every window pooled from the shared map.
 
     ``backbone``: an ``nn.Module`` mapping a normalised ``(1, 3, H, W)`` batch to conv
@@ -114,24 +141,19 @@ class SPPFeatureExtractor:
     def __init__(self, backbone: torch.nn.Module, levels: Sequence[int] = DEFAULT_LEVELS,
                  scales: Sequence[int] | None = None, rule: str = "paper",
                  preprocess: Callable | None = None, roi_batch: int = 2048):
-        from .spp import RULES
+        from .spp import PROJECTION_RULES
 
-        _check_backbone(backbone)
-        if rule not in RULES:
-            raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+        super().__init__(backbone, levels, preprocess)
+        if rule not in PROJECTION_RULES:
+            raise ValueError(f"rule must be one of {PROJECTION_RULES}, got {rule!r}")
         if scales is None:
             scales = default_scales(backbone.canonical_size)
         scales = tuple(int(s) for s in scales)
         if not scales or min(scales) < 16:
             raise ValueError(f"scales must be shorter-side lengths >= 16 px, got {scales!r}")
-        self.backbone = backbone
-        self.levels = tuple(int(n) for n in levels)
         self.scales = scales
         self.rule = rule
-        self.preprocess = preprocess or _default_preprocess()
         self.roi_batch = int(roi_batch)
-        self.output_dim = int(backbone.out_channels) * sum(n * n for n in self.levels)
-        self.last_timing: dict = {}
 
     @property
     def config(self) -> dict:
@@ -140,26 +162,24 @@ class SPPFeatureExtractor:
                 "rule": self.rule, "stride": float(self.backbone.stride),
                 "canonical_size": int(self.backbone.canonical_size),
                 "out_channels": int(self.backbone.out_channels),
-                "preprocess": _qualified_name(self.preprocess)}
+                "preprocess": self._preprocess_name()}
 
     def __call__(self, image: np.ndarray, boxes) -> torch.Tensor:
         from .spp import project_boxes
 
-        image = _check_image(image)
-        boxes = _check_boxes(boxes)
-        device = _module_device(self.backbone)
+        image, boxes, device = self._inputs(image, boxes)
         start = time.perf_counter()
         choice = select_scales(boxes, image.shape[:2], self.scales, self.backbone.canonical_size)
         out = torch.zeros((len(boxes), self.output_dim), dtype=torch.float32)
         conv_s = pool_s = 0.0
         scales_run = []
-        with _eval_mode(self.backbone), torch.no_grad():
+        with eval_mode(self.backbone), torch.no_grad():
             for k in np.unique(choice):
                 tic = time.perf_counter()
                 resized, fx, fy = resize_shorter_side(image, self.scales[k])
                 batch = self.preprocess(resized).to(device)
                 features = self.backbone(batch.contiguous(memory_format=torch.channels_last))
-                _synchronize(device)
+                self._synchronize(device)
                 conv_s += time.perf_counter() - tic
                 scales_run.append(self.scales[k])
 
@@ -170,7 +190,7 @@ class SPPFeatureExtractor:
                                       feature_size=features.shape[-2:])
                 rois = torch.cat([torch.zeros(len(rows), 1), cells], dim=1).to(device, features.dtype)
                 self._pool(features, rois, rows, out)
-                _synchronize(device)
+                self._synchronize(device)
                 pool_s += time.perf_counter() - tic
         self.last_timing = {"conv": conv_s, "pool": pool_s, "total": time.perf_counter() - start,
                             "scales_run": scales_run, "num_boxes": len(boxes)}
@@ -199,173 +219,47 @@ class SPPFeatureExtractor:
                 pool(chunk)
 
 
-class FeatureStore:
-    """Per-image pooled features on disk: float16, memory-mapped, never stale.
+def norm_scale(vectors, target_norm: float = 20.0, sample: int = 2000, seed: int = 0) -> float:
+    """The factor that gives ``vectors`` ``(N, D)`` (pooled or fc7) a mean L2 norm of ``target_norm``.
 
-    The store lives in ``<root>/<name>-<hash>/`` where the hash covers ``key`` (the
-    backbone's checkpoint hash and the extractor's config: see :meth:`for_extractor`).
-    Each image has two files written atomically: ``<id>.features.npy`` (float16
-    ``(K, D)``, opened with ``mmap_mode="r"``) and, written last, ``<id>.meta.npz``
-    (``boxes`` float32 ``(K, 4)``, the image's content hash, your extra arrays).
-    An entry counts only when its meta file exists and matches the boxes / image
-    hash asked for, so an interrupted build or a changed box set is recomputed,
-    never read. Taught in chapter 06 (used in chapters 07–10).
+    R-CNN rescales window features to a mean norm of 20 before its SVMs and box
+    regressors, so that one ``C`` / ``alpha`` suits every feature type (pool5, fc7);
+    the mean is taken over a seeded sample of at most ``sample`` rows. Taught in chapter 08.
     """
-
-    VERSION = 1
-
-    def __init__(self, key: dict, root: str | os.PathLike | None = None, name: str = "features"):
-        self.key = {"store_version": self.VERSION, **key}
-        self.hash = config_hash(self.key)
-        base = Path(root) if root is not None else config.CACHE_DIR / "features"
-        self.dir = base / f"{name}-{self.hash}"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        key_file = self.dir / "key.json"
-        if not key_file.exists():
-            save_json_atomic(key_file, self.key)
-        elif json.loads(key_file.read_text()) != json.loads(json.dumps(self.key, default=str)):
-            raise ValueError(f"feature store {str(self.dir)!r}: key.json does not match the key "
-                             f"{self.key}; delete the folder")
-
-    @classmethod
-    def for_extractor(cls, extractor, name: str = "features", root: str | os.PathLike | None = None,
-                      checkpoint_hash: str | None = None) -> FeatureStore:
-        """The store for ``extractor``'s config and its backbone's weights.
-
-        The weights are identified by ``checkpoint_hash``, else the backbone's
-        ``.checkpoint_hash``, else a hash of its ``state_dict`` (so an untrained or
-        edited backbone never shares a store with another).
-        """
-        backbone = extractor.backbone
-        digest = checkpoint_hash or getattr(backbone, "checkpoint_hash", None) or state_dict_hash(backbone)
-        return cls({"checkpoint": digest, "extractor": extractor.config}, root=root, name=name)
-
-    def has(self, image_id: str, boxes=None, image_hash: str | None = None,
-            extra: dict | None = None) -> bool:
-        """True when ``image_id`` is stored (with these ``boxes`` / ``image_hash`` / ``extra``
-        arrays, for each one given)."""
-        meta = self._meta_path(image_id)
-        if not meta.exists() or not self._features_path(image_id).exists():
-            return False
-        with np.load(meta, allow_pickle=False) as data:
-            if boxes is not None and not np.array_equal(
-                    data["boxes"], np.asarray(boxes, dtype=np.float32).reshape(-1, 4)):
-                return False
-            if image_hash is not None and str(data["image_hash"]) != image_hash:
-                return False
-            if extra is not None and ("extra_key" not in data.files
-                                      or str(data["extra_key"]) != _extra_key(extra)):
-                return False
-        return True
-
-    def put(self, image_id: str, features, boxes, image_hash: str = "", **extra) -> None:
-        """Store ``features`` ``(K, D)`` (any float; kept as float16) for ``boxes`` ``(K, 4)``.
-
-        ``extra`` arrays (e.g. labels, IoUs) are stored beside the boxes.
-        """
-        features = torch.as_tensor(features).detach().cpu().float().numpy()
-        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-        if features.ndim != 2 or len(features) != len(boxes):
-            raise ValueError(f"features must be (K, D) with K = len(boxes) = {len(boxes)}, "
-                             f"got shape {features.shape}")
-        reserved = {"boxes", "image_hash", "rows", "extra_key", "features"} & set(extra)
-        if reserved:
-            raise ValueError(f"extra arrays may not be named {sorted(reserved)}")
-        self._meta_path(image_id).unlink(missing_ok=True)  # old meta must not describe new features
-        half = np.clip(features, -65504, 65504).astype(np.float16)  # float16's finite range
-        with atomic_path(self._features_path(image_id)) as tmp, open(tmp, "wb") as f:
-            np.save(f, half)
-        save_npz_atomic(self._meta_path(image_id), boxes=boxes, image_hash=np.array(image_hash),
-                        rows=np.array(len(boxes)), extra_key=np.array(_extra_key(extra)),
-                        **{k: np.asarray(v) for k, v in extra.items()})
-
-    def get(self, image_id: str, boxes=None, image_hash: str | None = None,
-            mmap: bool = True) -> dict:
-        """``{"features": float16 (K, D) (memory-mapped), "boxes": float32 (K, 4),
-        "image_hash": str, **extra}``; ``KeyError`` when absent or stale."""
-        if not self.has(image_id, boxes, image_hash):
-            raise KeyError(f"feature store {self.dir.name}: no up-to-date entry for image "
-                           f"{image_id!r}")
-        with np.load(self._meta_path(image_id), allow_pickle=False) as data:
-            entry = {k: data[k] for k in data.files if k not in ("rows", "extra_key")}
-        entry["image_hash"] = str(entry["image_hash"])
-        entry["features"] = np.load(self._features_path(image_id), mmap_mode="r" if mmap else None,
-                                    allow_pickle=False)
-        return entry
-
-    def image_ids(self) -> list[str]:
-        """Ids with a complete entry, sorted."""
-        suffix = ".meta.npz"
-        return sorted(p.name[: -len(suffix)] for p in self.dir.glob(f"*{suffix}")
-                      if self._features_path(p.name[: -len(suffix)]).exists())
-
-    def load(self, image_ids: Sequence[str]) -> dict:
-        """Concatenate the entries of ``image_ids``: ``features`` float16 ``(N, D)``,
-        ``boxes`` ``(N, 4)``, ``image_index`` int64 ``(N,)`` (position in
-        ``image_ids``) and every extra array present in all entries."""
-        entries = [self.get(i) for i in image_ids]
-        if not entries:
-            raise ValueError("image_ids is empty; expected at least one stored image id")
-        shared = set.intersection(*(set(e) for e in entries)) - {"image_hash"}
-        out = {k: np.concatenate([np.asarray(e[k]) for e in entries]) for k in shared}
-        out["image_index"] = np.concatenate([np.full(len(e["boxes"]), j, dtype=np.int64)
-                                             for j, e in enumerate(entries)])
-        return out
-
-    def build(self, dataset, extractor, boxes_fn: Callable, progress: bool = True) -> FeatureStore:
-        """Compute and store features for every image of ``dataset`` not stored yet.
-
-        ``boxes_fn(index, sample)`` returns the boxes to store for that image
-        (float ``(K, 4)``) or a dict with ``"boxes"`` and extra arrays. Entries whose
-        boxes, extra arrays or image content changed are recomputed; an interrupted
-        build resumes.
-        Writes ``index.json`` (image id → number of boxes) at the end.
-        """
-        from tqdm.auto import tqdm
-
-        index = {}
-        for i in tqdm(range(len(dataset)), desc="features", disable=not progress):
-            sample = dataset[i]
-            chosen = boxes_fn(i, sample)
-            extra = dict(chosen) if isinstance(chosen, dict) else {"boxes": chosen}
-            boxes = np.asarray(extra.pop("boxes"), dtype=np.float32).reshape(-1, 4)
-            image_hash = array_hash(sample.image)
-            if not self.has(sample.image_id, boxes, image_hash, extra):
-                self.put(sample.image_id, extractor(sample.image, boxes), boxes, image_hash, **extra)
-            index[sample.image_id] = len(boxes)
-        save_json_atomic(self.dir / "index.json", index)
-        return self
-
-    def _safe(self, image_id: str) -> str:
-        image_id = str(image_id)
-        if re.fullmatch(r"[A-Za-z0-9_.-]+", image_id) and not image_id.startswith("."):
-            return image_id
-        return "id-" + config_hash(image_id)
-
-    def _features_path(self, image_id: str) -> Path:
-        return self.dir / f"{self._safe(image_id)}.features.npy"
-
-    def _meta_path(self, image_id: str) -> Path:
-        return self.dir / f"{self._safe(image_id)}.meta.npz"
+    x = vectors.detach().cpu().numpy() if hasattr(vectors, "detach") else vectors
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(len(x), size=min(sample, len(x)), replace=False) if len(x) else []
+    norm = (float(np.linalg.norm(np.asarray(x[np.sort(rows)]).astype(np.float32), axis=1).mean())
+            if len(rows) else 1.0)
+    return target_norm / max(norm, 1e-6)
 
 
-def _extra_key(extra: dict) -> str:
-    return config_hash({name: array_hash(np.asarray(value)) for name, value in extra.items()})
+def check_image(image) -> np.ndarray:
+    """``image`` as a contiguous RGB uint8 ``(H, W, 3)`` array, or a ``ValueError``
+    naming what was received (the image convention at the package boundary)."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be RGB uint8 (H, W, 3), got dtype {image.dtype} and "
+                         f"shape {image.shape}")
+    return np.ascontiguousarray(image)
 
 
-def state_dict_hash(module: torch.nn.Module, length: int = 16) -> str:
-    """Hash of a module's parameters and buffers (names, shapes, values)."""
-    import hashlib
+class eval_mode:
+    """``with eval_mode(module):`` runs it in eval mode and restores its previous mode."""
 
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(array_hash(tensor.detach().cpu().numpy()).encode())
-    return digest.hexdigest()[:length]
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+
+    def __enter__(self):
+        self.was_training = self.module.training
+        self.module.eval()
+
+    def __exit__(self, *exc):
+        self.module.train(self.was_training)
 
 
 # ----------------------------------------------------------------------------------------
-# Helpers shared with rcnn.py
+# Helpers of the window extractors
 # ----------------------------------------------------------------------------------------
 
 def _check_backbone(backbone) -> None:
@@ -374,14 +268,6 @@ def _check_backbone(backbone) -> None:
         raise ValueError(f"backbone must be an nn.Module with stride, out_channels and "
                          f"canonical_size attributes; got {type(backbone).__name__} "
                          f"missing {missing}")
-
-
-def _check_image(image) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image must be RGB uint8 (H, W, 3), got dtype {image.dtype} and "
-                         f"shape {image.shape}")
-    return np.ascontiguousarray(image)
 
 
 def _check_boxes(boxes) -> np.ndarray:
@@ -411,22 +297,3 @@ def _module_device(module: torch.nn.Module) -> torch.device:
     for tensor in module.parameters():
         return tensor.device
     return torch.device("cpu")
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class _eval_mode:
-    """Run a module in eval mode, restoring its previous mode afterwards."""
-
-    def __init__(self, module: torch.nn.Module):
-        self.module = module
-
-    def __enter__(self):
-        self.was_training = self.module.training
-        self.module.eval()
-
-    def __exit__(self, *exc):
-        self.module.train(self.was_training)

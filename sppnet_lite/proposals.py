@@ -29,7 +29,7 @@ import numpy as np
 from . import config
 from .cache import array_hash, config_hash, load_npz, save_npz_atomic
 
-MODES = ("fast", "quality")
+SEARCH_MODES = ("fast", "quality")
 MIN_SIDE = 16
 """Images smaller than this (in either side) are rejected: graph segmentation needs some pixels."""
 
@@ -67,8 +67,8 @@ def selective_search(image: np.ndarray, mode: str = "fast", max_proposals: int =
     Taught in chapter 05.
     """
     image = as_rgb_uint8(image)
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode not in SEARCH_MODES:
+        raise ValueError(f"mode must be one of {SEARCH_MODES}, got {mode!r}")
     if int(max_proposals) < 1:
         raise ValueError(f"max_proposals must be >= 1, got {max_proposals!r}")
     if max_side is not None and int(max_side) < MIN_SIDE:
@@ -177,8 +177,7 @@ def proposal_recall(proposals: Sequence[np.ndarray], gt_boxes: Sequence[np.ndarr
     ``{"counts": [...], "recall": {t: [...]}, "num_objects": n,
     "best_iou": float array (n,) with all proposals}``. Taught in chapter 05.
     """
-    import torch
-    from torchvision.ops import box_iou
+    from .boxes import box_iou
 
     counts = [int(k) for k in counts]
     best_per_count = []  # one (len(counts), G) array per image
@@ -192,7 +191,7 @@ def proposal_recall(proposals: Sequence[np.ndarray], gt_boxes: Sequence[np.ndarr
         if len(props) == 0:
             best_per_count.append(np.zeros((len(counts) + 1, len(gts))))
             continue
-        iou = box_iou(torch.from_numpy(props), torch.from_numpy(gts)).numpy()
+        iou = box_iou(props, gts)
         running = np.maximum.accumulate(iou, axis=0)  # best IoU among the first p+1 boxes
         rows = [min(k, len(props)) - 1 for k in counts] + [len(props) - 1]
         best_per_count.append(running[rows])
@@ -203,24 +202,6 @@ def proposal_recall(proposals: Sequence[np.ndarray], gt_boxes: Sequence[np.ndarr
               for t in iou_thresholds}
     return {"counts": counts, "recall": recall, "num_objects": int(best.shape[1]),
             "best_iou": best[-1]}
-
-
-def best_matching(proposals: np.ndarray, gt_boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each ground-truth box, the index of the proposal with the highest IoU and that IoU.
-
-    Returns ``(indices int64 (G,), ious float32 (G,))``; indices are -1 and IoUs 0
-    when there are no proposals. Taught in chapter 05.
-    """
-    import torch
-    from torchvision.ops import box_iou
-
-    gts = np.asarray(gt_boxes, dtype=np.float32).reshape(-1, 4)
-    props = np.asarray(proposals, dtype=np.float32).reshape(-1, 4)
-    if len(props) == 0 or len(gts) == 0:
-        return np.full(len(gts), -1, dtype=np.int64), np.zeros(len(gts), dtype=np.float32)
-    iou = box_iou(torch.from_numpy(gts), torch.from_numpy(props))
-    best, index = iou.max(dim=1)
-    return index.numpy().astype(np.int64), best.numpy().astype(np.float32)
 
 
 def timed_selective_search(image: np.ndarray, **kwargs) -> tuple[np.ndarray, float]:

@@ -19,17 +19,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from .features import (
-    DEFAULT_LEVELS,
-    _check_backbone,
-    _check_boxes,
-    _check_image,
-    _default_preprocess,
-    _eval_mode,
-    _module_device,
-    _qualified_name,
-    _synchronize,
-)
+from .features import DEFAULT_LEVELS, WindowExtractor, eval_mode
 
 
 def context_boxes(boxes, size: int, context: int = 16) -> np.ndarray:
@@ -63,7 +53,7 @@ def warp_crops(image_tensor: torch.Tensor, boxes, size: int, context: int = 16) 
                      aligned=True)
 
 
-class RCNNFeatureExtractor:
+class RCNNFeatureExtractor(WindowExtractor):
     """R-CNN features: warp each window to ``size × size``, run the trunk per crop, pool.
 
     Same call as :class:`sppnet_lite.features.SPPFeatureExtractor`:
@@ -77,45 +67,38 @@ class RCNNFeatureExtractor:
     def __init__(self, backbone: torch.nn.Module, size: int | None = None, context: int = 16,
                  levels: Sequence[int] = DEFAULT_LEVELS, preprocess: Callable | None = None,
                  batch_size: int = 128):
-        _check_backbone(backbone)
+        super().__init__(backbone, levels, preprocess)
         size = int(backbone.canonical_size if size is None else size)
         context_boxes(np.zeros((0, 4)), size, context)  # validates size and context
-        self.backbone = backbone
         self.size, self.context = size, int(context)
-        self.levels = tuple(int(n) for n in levels)
-        self.preprocess = preprocess or _default_preprocess()
         self.batch_size = int(batch_size)
-        self.output_dim = int(backbone.out_channels) * sum(n * n for n in self.levels)
-        self.last_timing: dict = {}
 
     @property
     def config(self) -> dict:
         """Everything besides the weights that determines the features (for cache keys)."""
         return {"kind": "rcnn", "size": self.size, "context": self.context,
                 "levels": list(self.levels), "out_channels": int(self.backbone.out_channels),
-                "preprocess": _qualified_name(self.preprocess)}
+                "preprocess": self._preprocess_name()}
 
     def __call__(self, image: np.ndarray, boxes) -> torch.Tensor:
         from .spp import spatial_pyramid_pool
 
-        image = _check_image(image)
-        boxes = _check_boxes(boxes)
-        device = _module_device(self.backbone)
+        image, boxes, device = self._inputs(image, boxes)
         start = time.perf_counter()
         out = torch.zeros((len(boxes), self.output_dim), dtype=torch.float32)
         warp_s = conv_s = pool_s = 0.0
-        with _eval_mode(self.backbone), torch.no_grad():
+        with eval_mode(self.backbone), torch.no_grad():
             image_tensor = self.preprocess(image).to(device)
             for lo in range(0, len(boxes), self.batch_size):
                 tic = time.perf_counter()
                 crops = warp_crops(image_tensor, boxes[lo:lo + self.batch_size], self.size,
                                    self.context)
-                _synchronize(device)
+                self._synchronize(device)
                 warp_s += time.perf_counter() - tic
 
                 tic = time.perf_counter()
                 features = self.backbone(crops.contiguous(memory_format=torch.channels_last))
-                _synchronize(device)
+                self._synchronize(device)
                 conv_s += time.perf_counter() - tic
 
                 tic = time.perf_counter()

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .spp_numpy import MODES, POOLS, _check_levels, pyramid_bins
+from .spp_numpy import BIN_RULES, POOLS, check_levels, pyramid_bins
 
-RULES = ("paper", "round")
+PROJECTION_RULES = ("paper", "round")
 
 
 def spatial_pyramid_pool(x: torch.Tensor, levels: Sequence[int] = (4, 2, 1),
@@ -43,9 +43,9 @@ def spatial_pyramid_pool(x: torch.Tensor, levels: Sequence[int] = (4, 2, 1),
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"x must be a 4-D (N, C, H, W) tensor, got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-    levels = _check_levels(levels)
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    levels = check_levels(levels)
+    if mode not in BIN_RULES:
+        raise ValueError(f"mode must be one of {BIN_RULES}, got {mode!r}")
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
     height, width = x.shape[-2:]
@@ -77,9 +77,9 @@ class SpatialPyramidPooling(nn.Module):
     def __init__(self, levels: Sequence[int] = (4, 2, 1), mode: str = "adaptive",
                  pool: str = "max"):
         super().__init__()
-        self.levels = _check_levels(levels)
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.levels = check_levels(levels)
+        if mode not in BIN_RULES:
+            raise ValueError(f"mode must be one of {BIN_RULES}, got {mode!r}")
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
         self.mode, self.pool = mode, pool
@@ -123,7 +123,7 @@ def roi_spp(features: torch.Tensor, rois: torch.Tensor, spatial_scale: float,
                          f"got shape {tuple(rois.shape)}")
     if not spatial_scale > 0:
         raise ValueError(f"spatial_scale must be > 0, got {spatial_scale!r}")
-    levels = _check_levels(levels)
+    levels = check_levels(levels)
     spatial_scale = float(spatial_scale)
     rois = rois.to(device=features.device, dtype=features.dtype)
     if features.device.type != "cpu":
@@ -202,8 +202,8 @@ def project_boxes(boxes, stride: float, rule: str = "paper",
     ``feature_size=(H', W')`` clamps the cells into the map. Taught in chapter 06
     (defined with the pooling code of chapter 03).
     """
-    if rule not in RULES:
-        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    if rule not in PROJECTION_RULES:
+        raise ValueError(f"rule must be one of {PROJECTION_RULES}, got {rule!r}")
     if not stride > 0:
         raise ValueError(f"stride must be > 0, got {stride!r}")
     boxes = torch.as_tensor(boxes)

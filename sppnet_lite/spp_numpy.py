@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-MODES = ("adaptive", "paper")
+BIN_RULES = ("adaptive", "paper")
 POOLS = ("max", "avg")
 
 
@@ -42,7 +42,7 @@ def pyramid_bins(size: int, n: int, mode: str = "adaptive") -> list[tuple[int, i
                              f"got size={size} < n={n}; use mode='adaptive' for small maps")
         window, stride = -(-size // n), size // n
         return [(i * stride, min(i * stride + window, size)) for i in range(n)]
-    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    raise ValueError(f"mode must be one of {BIN_RULES}, got {mode!r}")
 
 
 def spp(fmap: np.ndarray, levels: Sequence[int] = (4, 2, 1), mode: str = "adaptive",
@@ -60,7 +60,7 @@ def spp(fmap: np.ndarray, levels: Sequence[int] = (4, 2, 1), mode: str = "adapti
     fmap = np.asarray(fmap)
     if fmap.ndim != 3:
         raise ValueError(f"fmap must be a 3-D (C, H, W) array, got shape {fmap.shape}")
-    levels = _check_levels(levels)
+    levels = check_levels(levels)
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
     reduce = np.max if pool == "max" else np.mean
@@ -80,7 +80,7 @@ def output_length(channels: int, levels: Sequence[int]) -> int:
     ``M = Σ n²`` is the number of bins, e.g. ``output_length(256, (6, 3, 2, 1)) == 12800``.
     Taught in chapter 02.
     """
-    return _positive_int("channels", channels) * sum(n * n for n in _check_levels(levels))
+    return _positive_int("channels", channels) * sum(n * n for n in check_levels(levels))
 
 
 def _positive_int(name: str, value) -> int:
@@ -89,7 +89,9 @@ def _positive_int(name: str, value) -> int:
     return int(value)
 
 
-def _check_levels(levels) -> tuple[int, ...]:
+def check_levels(levels) -> tuple[int, ...]:
+    """``levels`` as a tuple of positive ints (e.g. ``(6, 3, 2, 1)``), or a ``ValueError``
+    naming the bad entry. Shared with :mod:`sppnet_lite.spp`."""
     levels = tuple(levels)
     if not levels:
         raise ValueError("levels must name at least one pyramid level, got an empty sequence")

@@ -17,6 +17,7 @@ import numpy as np
 from sklearn.svm import LinearSVC
 
 from .config import seed_everything
+from .features import norm_scale
 
 
 @dataclass
@@ -24,7 +25,7 @@ class LinearSVMs:
     """``K`` linear SVMs sharing an input scaling.
 
     ``weights`` (K, D) float32, ``bias`` (K,) float32, ``feature_scale``: inputs are
-    multiplied by it before the dot product (R-CNN rescales features to a mean
+    multiplied by it before the dot product (R-CNN rescales vectors to a mean
     L2 norm of 20 so that one ``C`` works for every feature type).
     """
 
@@ -33,11 +34,11 @@ class LinearSVMs:
     feature_scale: float
     history: list = field(default_factory=list, repr=False)
 
-    def decision_function(self, features) -> np.ndarray:
-        """SVM scores ``(N, K)`` float32 for ``(N, D)`` features (NumPy or torch)."""
-        x = _numpy(features)
+    def decision_function(self, vectors) -> np.ndarray:
+        """SVM scores ``(N, K)`` float32 for ``(N, D)`` vectors (NumPy or torch)."""
+        x = _numpy(vectors)
         if x.ndim != 2 or x.shape[1] != self.weights.shape[1]:
-            raise ValueError(f"features must have shape (N, {self.weights.shape[1]}), got {x.shape}")
+            raise ValueError(f"vectors must have shape (N, {self.weights.shape[1]}), got {x.shape}")
         return (x @ (self.weights.T * self.feature_scale) + self.bias).astype(np.float32)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -50,22 +51,14 @@ class LinearSVMs:
                           float(arrays["feature_scale"]))
 
 
-def feature_scale_for(features, target_norm: float = 20.0, sample: int = 2000, seed: int = 0) -> float:
-    """Scale factor that gives ``(N, D)`` features a mean L2 norm of ``target_norm``."""
-    x = _numpy(features)
-    rng = np.random.default_rng(seed)
-    rows = rng.choice(len(x), size=min(sample, len(x)), replace=False) if len(x) else []
-    norm = float(np.linalg.norm(x[np.sort(rows)].astype(np.float32), axis=1).mean()) if len(rows) else 1.0
-    return target_norm / max(norm, 1e-6)
-
-
-def train_svms(features, positives, negatives, C: float = 1e-3, positive_weight: float = 2.0,
+def train_svms(vectors, positives, negatives, C: float = 1e-3, positive_weight: float = 2.0,
                rounds: int = 2, initial_negatives: int = 2000, cache_size: int = 8000,
                hard_threshold: float = -1.0, chunk: int = 4096, seed: int = 0,
                progress: bool = True) -> LinearSVMs:
     """Train one linear SVM per class with ``rounds`` rounds of hard-negative mining.
 
-    ``features`` (N, D) float (NumPy, memmap or torch; read chunk by chunk),
+    ``vectors`` (N, D) float: fc7 activations or pooled window vectors (NumPy, memmap
+    or torch; read chunk by chunk),
     ``positives`` (N, K) bool (a row is a positive of class k: a ground-truth box),
     ``negatives`` (N, K) bool (IoU < 0.3 with every ground truth of class k).
     Round 0 trains on all positives and ``initial_negatives`` random negatives; each
@@ -80,13 +73,13 @@ def train_svms(features, positives, negatives, C: float = 1e-3, positive_weight:
 
     positives, negatives = np.asarray(positives, bool), np.asarray(negatives, bool)
     n, k_classes = positives.shape
-    if len(features) != n or negatives.shape != positives.shape:
-        raise ValueError(f"features ({len(features)} rows), positives {positives.shape} and "
+    if len(vectors) != n or negatives.shape != positives.shape:
+        raise ValueError(f"vectors ({len(vectors)} rows), positives {positives.shape} and "
                          f"negatives {negatives.shape} must describe the same N windows")
     seed_everything(seed)
     rng = np.random.default_rng(seed)
-    scale = feature_scale_for(features, seed=seed)
-    dim = _numpy(features[:1]).shape[1]
+    scale = norm_scale(vectors, seed=seed)
+    dim = _numpy(vectors[:1]).shape[1]
     weights = np.zeros((k_classes, dim), np.float32)
     bias = np.zeros(k_classes, np.float32)
     history = []
@@ -99,12 +92,12 @@ def train_svms(features, positives, negatives, C: float = 1e-3, positive_weight:
             history.append({"class": k, "round": 0, "cache": 0, "new_hard": 0, "train_acc": float("nan")})
             continue
         cache = np.sort(rng.choice(neg_pool, size=min(initial_negatives, len(neg_pool)), replace=False))
-        x_pos = _rows(features, pos_idx) * scale
+        x_pos = _rows(vectors, pos_idx) * scale
         for r in range(rounds + 1):
-            w, b, acc = _fit(x_pos, _rows(features, cache) * scale, C, positive_weight, seed)
+            w, b, acc = _fit(x_pos, _rows(vectors, cache) * scale, C, positive_weight, seed)
             new_hard = 0
             if r < rounds:
-                scores = _score_pool(features, neg_pool, w * scale, b, chunk)
+                scores = _score_pool(vectors, neg_pool, w * scale, b, chunk)
                 hard = neg_pool[scores > hard_threshold]
                 fresh = np.setdiff1d(hard, cache)
                 new_hard = len(fresh)
@@ -112,7 +105,7 @@ def train_svms(features, positives, negatives, C: float = 1e-3, positive_weight:
                     cache = np.union1d(cache, fresh)
                     if len(cache) > cache_size:
                         # Keep the hardest negatives: evict those with the lowest scores.
-                        cache_scores = _score_pool(features, cache, w * scale, b, chunk)
+                        cache_scores = _score_pool(vectors, cache, w * scale, b, chunk)
                         cache = np.sort(cache[np.argsort(-cache_scores)[:cache_size]])
             history.append({"class": k, "round": r, "cache": len(cache),
                             "new_hard": int(new_hard), "train_acc": acc})
@@ -138,16 +131,16 @@ def _fit(x_pos, x_neg, C, positive_weight, seed):
     return svm.coef_[0].astype(np.float32), np.float32(svm.intercept_[0]), acc
 
 
-def _score_pool(features, index, w, b, chunk):
+def _score_pool(vectors, index, w, b, chunk):
     out = np.empty(len(index), np.float32)
     for start in range(0, len(index), chunk):
         rows = index[start:start + chunk]
-        out[start:start + chunk] = _rows(features, rows) @ w + b
+        out[start:start + chunk] = _rows(vectors, rows) @ w + b
     return out
 
 
-def _rows(features, index) -> np.ndarray:
-    return _numpy(features[np.asarray(index)]).astype(np.float32)
+def _rows(vectors, index) -> np.ndarray:
+    return _numpy(vectors[np.asarray(index)]).astype(np.float32)
 
 
 def _numpy(x) -> np.ndarray:

@@ -23,7 +23,6 @@ Taught in chapter 04.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 
@@ -33,11 +32,9 @@ import torch
 from torch import nn
 
 from . import config
-from .backbone import ZFLite, preprocess
-from .spp import SpatialPyramidPooling
+from .backbone import Classifier, ZFLite, preprocess
 
 METHODS = ("warp", "crop", "spp", "spp-multi")
-SPP_LEVELS = (3, 2, 1)
 
 
 # ----------------------------------------------------------------------------------------
@@ -79,42 +76,6 @@ def transform(method: str, image: np.ndarray, size: int) -> np.ndarray:
     if method in ("spp", "spp-multi"):
         return resize_shorter(image, size)
     raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
-
-
-# ----------------------------------------------------------------------------------------
-# Model
-# ----------------------------------------------------------------------------------------
-
-class Classifier(nn.Module):
-    """Trunk + pooling + FC: ``(N, 3, H, W)`` → logits ``(N, num_classes)``.
-
-    ``head="fc"`` max-pools conv5 with a 2×2/2 window and flattens: it needs the
-    input size it was built for (``fixed_size``; 96 → conv5 6×6 → 3×3 bins).
-    ``head="spp"`` pools a pyramid (``levels``) and accepts any size.
-    Taught in chapter 04.
-    """
-
-    def __init__(self, trunk: nn.Module, num_classes: int, head: str = "spp",
-                 levels: Sequence[int] = SPP_LEVELS, fixed_size: int = 96, hidden: int = 256,
-                 dropout: float = 0.3):
-        super().__init__()
-        self.trunk = trunk
-        self.head_kind = head
-        if head == "fc":
-            cells = math.ceil(fixed_size / trunk.stride) // 2
-            self.pool = nn.Sequential(nn.MaxPool2d(2), nn.Flatten())
-            in_dim = trunk.out_channels * cells * cells
-        elif head == "spp":
-            self.pool = SpatialPyramidPooling(levels)
-            in_dim = trunk.out_channels * sum(n * n for n in levels)
-        else:
-            raise ValueError(f"head: expected 'fc' or 'spp', got {head!r}")
-        self.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, hidden),
-                                nn.ReLU(inplace=True), nn.Dropout(dropout),
-                                nn.Linear(hidden, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.trunk(x)))
 
 
 # ----------------------------------------------------------------------------------------
@@ -222,13 +183,13 @@ def compare_methods(quick: bool | None = None, methods: Sequence[str] = METHODS,
     """Train and test every method on one generated single-object split.
 
     Each method fine-tunes a fresh copy of the pretrained ZFLite
-    (:func:`sppnet_lite.backbone.ensure_pretrained`) with the same seed. Returns
+    (:func:`sppnet_lite.pretrain.ensure_pretrained`) with the same seed. Returns
     ``{"config", "methods": {name: {"accuracy", "train_seconds", "sizes",
     "by_scale", "by_aspect"}}, "test_scale", "test_aspect"}`` plus per-method
     ``predictions`` (lists, for plots). Taught in chapter 04.
     """
-    from .backbone import ensure_pretrained
     from .data import make_classification_set
+    from .pretrain import ensure_pretrained
 
     cfg = experiment_config(quick)
     device = config.get_device() if device is None else torch.device(device)

@@ -87,8 +87,8 @@ def draw_bins(ax, height: int, width: int, row_bins, col_bins, title: str | None
 def plot_dataset_statistics(stats: dict, class_names: Sequence[str], samples: Sequence = ()):
     """Object size and aspect histograms, objects per image, class counts, sample images.
 
-    ``stats`` is :func:`sppnet_lite.data.dataset_statistics`'s dict; ``samples`` are
-    :class:`sppnet_lite.data.Sample` tuples (boxes drawn, difficult ones dashed).
+    ``stats`` is :func:`sppnet_lite.voc.dataset_statistics`'s dict; ``samples`` are
+    :class:`sppnet_lite.voc.Sample` tuples (boxes drawn, difficult ones dashed).
     Returns the figure. Taught in chapter 04.
     """
     import matplotlib.pyplot as plt

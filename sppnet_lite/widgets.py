@@ -79,12 +79,12 @@ def proposal_numbers(boxes, gt_boxes, top_k: int = 100, min_size: float = 0) -> 
     (-1 when none), "best_iou": (G,)}``. Taught in chapter 05."""
     import numpy as np
 
-    from .proposals import best_matching
+    from .boxes import match_boxes
 
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     keep = (boxes[:, 2:] - boxes[:, :2] >= min_size).all(axis=1)
     shown = boxes[keep][: max(int(top_k), 0)]
-    index, iou = best_matching(shown, gt_boxes)
+    iou, index = match_boxes(gt_boxes, shown)
     return {"shown": shown, "best_index": index, "best_iou": iou}
 
 
@@ -126,7 +126,7 @@ def detection_explorer(detector, dataset, proposals, index: int = 0, score_thres
     Detections (solid, captioned with class and score) are those scoring at least
     ``score_threshold`` after per-class NMS at ``nms_iou``; the ground truth is dashed.
     ``proposals[index]`` are the image's (P, 4) boxes. ``cache`` (a dict) keeps each
-    image's pooled features so moving a slider only reruns the cheap stages.
+    image's window scores so moving a slider only reruns the cheap stages.
     Taught in chapter 10.
     """
     from matplotlib.figure import Figure
@@ -138,9 +138,9 @@ def detection_explorer(detector, dataset, proposals, index: int = 0, score_thres
     boxes = proposals[index]
     cache = {} if cache is None else cache
     if index not in cache:
-        cache[index] = detector._shared_outputs(detector.extractor(sample.image, boxes), {})
-    dets = detector._finish(cache[index], boxes, sample.image.shape[:2], {},
-                            score_threshold=float(score_threshold), nms_iou=float(nms_iou))
+        cache[index] = detector.score(detector.pool(sample.image, boxes))
+    dets = detector.postprocess(cache[index], boxes, sample.image.shape[:2],
+                                score_threshold=float(score_threshold), nms_iou=float(nms_iou))
     fig = Figure(figsize=(6.4, 5.0), layout="constrained")
     ax = fig.subplots()
     show_image(ax, sample.image)

@@ -1,4 +1,5 @@
-"""ZFLite, torchvision trunks, preprocessing and checkpoints (chapter 04)."""
+"""ZFLite, torchvision trunks, preprocessing, the backbone spec saved with a detector, and
+the classifier on top (chapter 04)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from sppnet_lite import backbone, config
-from sppnet_lite.backbone import ZFLite
+from sppnet_lite import backbone
+from sppnet_lite.backbone import Classifier, ZFLite
+from sppnet_lite.cache import file_hash
+from sppnet_lite.spp import project_boxes
 
 
 @pytest.mark.parametrize("height,width", [(96, 96), (100, 130), (33, 17), (16, 16), (240, 480)])
@@ -37,12 +41,29 @@ def test_receptive_field_against_hand_computation_and_gradient():
 
 @pytest.mark.parametrize("name,channels", [("alexnet", 256), ("vgg16", 512), ("resnet18", 256)])
 def test_torchvision_trunks(name, channels):
-    trunk = backbone.torchvision_trunk(name).eval()
-    with torch.no_grad():
-        out = trunk(torch.zeros(1, 3, 128, 160))
+    """Random weights, one forward each (VGG-16 is slow to build)."""
+    trunk = backbone.torchvision_trunk(name)
+    assert not trunk.training and trunk.checkpoint_hash is None
     assert trunk.stride == 16 and trunk.out_channels == channels
+    assert trunk.canonical_size == 224 and trunk.config() == {"arch": name}
+    height, width = 160, 208
+    with torch.no_grad():
+        out = trunk(torch.zeros(1, 3, height, width))
     assert out.shape[1] == channels
-    assert abs(out.shape[2] - 128 / 16) <= 1 and abs(out.shape[3] - 160 / 16) <= 1
+    map_h, map_w = out.shape[-2:]
+    assert abs(map_h - math.ceil(height / 16)) <= 1 and abs(map_w - math.ceil(width / 16)) <= 1
+    # the whole image projects into the map (clamped to it) ...
+    whole = torch.tensor([[0.0, 0.0, width, height]])
+    upper = torch.tensor([map_w - 1, map_h - 1] * 2, dtype=torch.float32)
+    for rule in ("paper", "round"):
+        cells = project_boxes(whole, trunk.stride, rule, feature_size=(map_h, map_w))[0]
+        assert (cells >= 0).all() and (cells <= upper).all()
+        assert cells[2] >= cells[0] and cells[3] >= cells[1]
+    # ... and the paper's rule, which assumes ZF-style "same" padding, misses it by one cell
+    # at most: the clamp only trims what these trunks' unpadded layers lost at the border
+    free = project_boxes(whole, trunk.stride, "paper")[0]
+    clamped = project_boxes(whole, trunk.stride, "paper", feature_size=(map_h, map_w))[0]
+    assert (free - clamped).abs().max() <= 1
 
 
 def test_trunk_local_weights_file(tmp_path):
@@ -53,11 +74,15 @@ def test_trunk_local_weights_file(tmp_path):
     torch.save(reference.state_dict(), path)
     trunk = backbone.torchvision_trunk("resnet18", weights_path=path)
     torch.testing.assert_close(trunk.layers[0].weight, reference.conv1.weight)
+    assert trunk.checkpoint_hash == file_hash(path, length=64) and len(trunk.checkpoint_hash) == 64
     with pytest.raises(FileNotFoundError):
         backbone.torchvision_trunk("resnet18", weights_path=tmp_path / "missing.pth")
     (tmp_path / "bad.pth").write_bytes(b"not a torch file")
     with pytest.raises(ValueError, match="corrupt"):
         backbone.torchvision_trunk("resnet18", weights_path=tmp_path / "bad.pth")
+    torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "other.pth")  # another model's
+    with pytest.raises(ValueError, match="do not fit torchvision's resnet18"):
+        backbone.torchvision_trunk("resnet18", weights_path=tmp_path / "other.pth")
     with pytest.raises(ValueError, match="expected one of"):
         backbone.torchvision_trunk("vgg19")
 
@@ -78,47 +103,49 @@ def test_preprocess():
         backbone.preprocess(image.astype(np.float32))
 
 
-def test_checkpoint_roundtrip_and_errors(tmp_path):
+@pytest.mark.parametrize("name", ["zflite", "alexnet", "resnet18"])
+def test_backbone_spec_round_trip(name):
     torch.manual_seed(0)
-    net = ZFLite(widths=(8, 8, 8, 8, 16)).eval()
-    path = tmp_path / "ck.pt"
-    digest = backbone.save_checkpoint(net, path, {"a": 1}, info={"seconds": 1.5})
-    loaded = backbone.load_checkpoint(path, expected_hash=digest)
-    x = torch.randn(1, 3, 40, 56)
+    trunk = ZFLite((8, 8, 16, 16, 24)) if name == "zflite" else backbone.torchvision_trunk(name)
+    trunk.checkpoint_hash = "c0ffee"
+    spec = backbone.backbone_spec(trunk)
+    assert backbone.backbone_name(spec) == name and name in backbone.BACKBONES
+    assert spec["checkpoint_hash"] == "c0ffee"
+    assert spec["normalisation"] == {"mean": list(backbone.MEAN), "std": list(backbone.STD)}
+    rebuilt = backbone.build_backbone(spec)
+    assert type(rebuilt) is type(trunk) and not rebuilt.training
+    assert rebuilt.checkpoint_hash == "c0ffee" and rebuilt.out_channels == trunk.out_channels
+    mine, theirs = trunk.state_dict(), rebuilt.state_dict()
+    assert list(mine) == list(theirs)
+    assert all(mine[k].shape == theirs[k].shape for k in mine)
+    rebuilt.load_state_dict(mine)  # what SPPNetDetector.load does next
+
+
+def test_backbone_spec_errors():
+    assert backbone.BACKBONES == ("zflite", "alexnet", "vgg16", "resnet18")
+    with pytest.raises(TypeError, match="Conv2d"):
+        backbone.backbone_spec(nn.Conv2d(3, 3, 1))
+    spec = backbone.backbone_spec(ZFLite())
+    assert spec["widths"] == [32, 64, 96, 128, 128]
+    with pytest.raises(ValueError, match="normalises inputs"):
+        backbone.build_backbone({**spec, "normalisation": {"mean": [0, 0, 0], "std": [1, 1, 1]}})
+    with pytest.raises(ValueError, match="architecture 'GoogLeNet'"):
+        backbone.build_backbone({**spec, "arch": "GoogLeNet"})
+
+
+def test_classifier_heads():
+    trunk = ZFLite(widths=(8, 8, 8, 8, 16))
+    fc = Classifier(trunk, 6, head="fc", fixed_size=96).eval()
+    spp = Classifier(ZFLite(widths=(8, 8, 8, 8, 16)), 6, head="spp").eval()
+    assert fc.fc[1].in_features == 16 * 9 and spp.fc[1].in_features == 16 * 14
     with torch.no_grad():
-        torch.testing.assert_close(loaded(x), net(x))
-    assert loaded.checkpoint_hash == digest and loaded.pretrain_info == {"seconds": 1.5}
-    assert not loaded.training and loaded.out_channels == 16
-    with pytest.raises(ValueError, match="config hash"):
-        backbone.load_checkpoint(path, expected_hash="0" * 16)
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        backbone.load_checkpoint(tmp_path / "missing.pt")
-    (tmp_path / "corrupt.pt").write_bytes(path.read_bytes()[: 200])
-    with pytest.raises(ValueError, match="corrupt"):
-        backbone.load_checkpoint(tmp_path / "corrupt.pt")
-    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
-    with pytest.raises(ValueError, match="not a sppnet-lite checkpoint"):
-        backbone.load_checkpoint(tmp_path / "foreign.pt")
-
-
-def test_ensure_pretrained_trains_once_then_loads(tmp_path, monkeypatch):
-    tiny = dict(backbone.pretrain_config(quick=True), scenes=2, epochs=1, batch_size=16,
-                model={"arch": "ZFLite", "widths": [8, 8, 8, 8, 8]}, size=32)
-    monkeypatch.setattr(config, "CACHE_DIR", tmp_path)
-    monkeypatch.setattr(backbone, "pretrain_config", lambda quick=None: dict(tiny))
-    first = backbone.ensure_pretrained(device="cpu", progress=False)
-    assert not first.training and first.checkpoint_hash
-    assert (tmp_path / "checkpoints" / f"{first.checkpoint_hash}.pt").is_file()
-    assert first.pretrain_info["crops"] > 0
-
-    def no_training(*args, **kwargs):
-        raise AssertionError("a cached checkpoint must be reused")
-
-    monkeypatch.setattr(backbone, "pretrain", no_training)
-    second = backbone.ensure_pretrained(device="cpu", progress=False)
-    assert second.checkpoint_hash == first.checkpoint_hash
-    for a, b in zip(first.state_dict().values(), second.state_dict().values()):
-        torch.testing.assert_close(a, b)
-    tiny["epochs"] = 2  # other settings -> other hash -> never the stale file
-    with pytest.raises(AssertionError, match="cached checkpoint"):
-        backbone.ensure_pretrained(device="cpu", progress=False)
+        assert fc(torch.zeros(2, 3, 96, 96)).shape == (2, 6)
+        for size in [(96, 96), (96, 208), (40, 200)]:
+            assert spp(torch.zeros(1, 3, *size)).shape == (1, 6)
+        with pytest.raises(RuntimeError):
+            fc(torch.zeros(1, 3, 96, 208))
+        # On a 96x96 input the SPP's 3x3 level is exactly the fixed-size head's pooling.
+        conv5 = spp.trunk(torch.randn(1, 3, 96, 96))
+        torch.testing.assert_close(spp.pool(conv5)[:, :16 * 9], fc.pool(conv5))
+    with pytest.raises(ValueError, match="head"):
+        Classifier(trunk, 6, head="gap")

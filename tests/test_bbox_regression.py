@@ -3,18 +3,9 @@
 import numpy as np
 import pytest
 
-from sppnet_lite.bbox_regression import BoxRegressor, regression_examples, train_box_regressor
+from sppnet_lite.bbox_regression import BoxRegressor, train_box_regressor
 from sppnet_lite.boxes import box_iou, decode, encode
-
-
-def test_regression_examples_select_by_iou():
-    gt = np.array([[10, 10, 50, 50]], np.float32)
-    boxes = np.array([[10, 10, 50, 50], [12, 10, 52, 50], [30, 30, 70, 70]], np.float32)
-    rows, labels, targets = regression_examples(boxes, gt, [3], min_iou=0.6)
-    assert list(rows) == [0, 1] and list(labels) == [3, 3]
-    np.testing.assert_allclose(targets, encode(boxes[:2], gt[[0, 0]]), atol=1e-6)
-    rows, _, _ = regression_examples(boxes, np.zeros((0, 4)), np.zeros(0))
-    assert len(rows) == 0
+from sppnet_lite.features import norm_scale
 
 
 def test_learns_linear_deltas_and_improves_iou():
@@ -32,8 +23,15 @@ def test_learns_linear_deltas_and_improves_iou():
     before = np.diag(box_iou(boxes, gt)).mean()
     after = np.diag(box_iou(refined, gt)).mean()
     assert after > 0.97 and after > before
-    np.testing.assert_allclose(reg.predict_all(x)[np.arange(n), labels],
-                               reg.predict_deltas(x, labels), rtol=1e-4, atol=1e-5)
+    assert reg.feature_scale == norm_scale(x)
+    # oracle: each class's regressor applied to every row, then the row's own class picked
+    every = np.stack([reg.predict_deltas(x, np.full(n, k)) for k in range(k)], axis=1)
+    np.testing.assert_allclose(every[np.arange(n), labels], reg.predict_deltas(x, labels),
+                               rtol=1e-4, atol=1e-5)
+    for c in range(k):
+        expected = ((x * reg.feature_scale) @ reg.weights[c] + reg.bias[c]) * reg.target_std \
+            + reg.target_mean
+        np.testing.assert_allclose(every[:, c], expected, rtol=1e-4, atol=1e-5)
     again = BoxRegressor.from_arrays(reg.to_arrays())
     np.testing.assert_allclose(again.refine(x, boxes, labels), refined, rtol=1e-5)
 
@@ -46,3 +44,5 @@ def test_untrained_class_passes_boxes_through():
     np.testing.assert_allclose(reg.refine(x, boxes, [1, 1, 1]), boxes, atol=1e-4)
     with pytest.raises(ValueError, match="same number of rows"):
         train_box_regressor(x, [0], np.zeros((3, 4)), num_classes=2)
+    with pytest.raises(ValueError, match="one entry per feature row"):
+        reg.predict_deltas(x, [0])

@@ -1,11 +1,20 @@
-"""Box helpers: IoU, R-CNN box coding round trip, per-class NMS (oracle: brute force)."""
+"""Box helpers: IoU, the matcher, R-CNN box coding round trip, per-class NMS (oracle: brute
+force), and the detector's output type."""
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sppnet_lite.boxes import box_iou, clip_boxes, decode, encode, max_overlaps, nms_per_class
+from sppnet_lite.boxes import (
+    Detections,
+    box_iou,
+    clip_boxes,
+    decode,
+    encode,
+    match_boxes,
+    nms_per_class,
+)
 
 
 def random_boxes(rng, n, size=100.0):
@@ -37,8 +46,35 @@ def test_iou_matches_brute_force_and_handles_empty():
     a, b = random_boxes(rng, 7), random_boxes(rng, 5)
     np.testing.assert_allclose(box_iou(a, b), brute_iou(a, b), rtol=1e-5, atol=1e-6)
     assert box_iou(a, np.zeros((0, 4))).shape == (7, 0)
-    iou, idx = max_overlaps(a, np.zeros((0, 4)))
-    assert (iou == 0).all() and (idx == -1).all()
+
+
+def test_match_boxes_is_the_row_wise_best_of_brute_force():
+    rng = np.random.default_rng(1)
+    boxes, targets = random_boxes(rng, 9), random_boxes(rng, 4)
+    iou, index = match_boxes(boxes, targets)
+    brute = brute_iou(boxes, targets)
+    assert iou.dtype == np.float32 and index.dtype == np.int64
+    np.testing.assert_allclose(iou, brute.max(1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(index, brute.argmax(1))
+
+
+def test_match_boxes_without_targets_or_boxes():
+    a = random_boxes(np.random.default_rng(2), 7)
+    iou, index = match_boxes(a, np.zeros((0, 4)))
+    assert iou.shape == index.shape == (7,)
+    assert (iou == 0).all() and (index == -1).all()
+    iou, index = match_boxes(np.zeros((0, 4)), a)
+    assert iou.shape == index.shape == (0,)
+
+
+def test_match_boxes_the_other_way_round_finds_each_objects_best_proposal():
+    # chapter 05's use: for each ground-truth box, its best proposal
+    gt = np.array([[0, 0, 10, 10]], np.float32)
+    proposals = np.array([[0, 0, 5, 5], [0, 0, 10, 10]], np.float32)
+    iou, index = match_boxes(gt, proposals)
+    assert index.tolist() == [1] and iou.tolist() == [1.0]
+    iou, index = match_boxes(gt, np.zeros((0, 4)))
+    assert index.tolist() == [-1] and iou.tolist() == [0.0]
 
 
 def test_bad_box_shape_names_argument():
@@ -100,3 +136,12 @@ def test_paired_iou_is_the_diagonal():
     rng = np.random.default_rng(3)
     a, b = random_boxes(rng, 9), random_boxes(rng, 9)
     np.testing.assert_allclose(paired_iou(a, b), np.diag(brute_iou(a, b)), rtol=1e-5, atol=1e-6)
+
+
+def test_detections_empty_and_len():
+    empty = Detections.empty()
+    assert len(empty) == 0 and empty.boxes.shape == (0, 4)
+    assert empty.boxes.dtype == np.float32 and empty.scores.dtype == np.float32
+    assert empty.labels.dtype == np.int64
+    two = Detections(np.zeros((2, 4), np.float32), np.ones(2, np.float32), np.zeros(2, np.int64))
+    assert len(two) == 2

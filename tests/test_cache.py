@@ -52,3 +52,36 @@ def test_atomic_files_get_the_usual_permissions(tmp_path):
     path = cache.save_json_atomic(tmp_path / "r.json", {})
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~cache.UMASK
     assert os.access(path, os.R_OK)
+
+
+def test_weights_round_trip_as_plain_arrays(tmp_path):
+    import torch
+
+    state = {"conv.weight": torch.randn(2, 3, 3, 3), "bn.num_batches_tracked": torch.tensor(7),
+             "scale": torch.tensor(0.5, dtype=torch.float64)}
+    path = cache.save_weights(tmp_path / "w.npz", state, {"arch": "x", "widths": [1, 2]})
+    loaded, meta = cache.load_weights(path)
+    assert meta == {"arch": "x", "widths": [1, 2]} and list(loaded) == list(state)
+    for name, tensor in state.items():
+        assert loaded[name].dtype == tensor.dtype
+        torch.testing.assert_close(loaded[name], tensor)
+    with np.load(path, allow_pickle=False) as data:  # readable without unpickling anything
+        assert "__meta__" in data.files
+    assert cache.load_weights(cache.save_weights(tmp_path / "bare.npz", {}))[1] == {}
+
+
+def test_weights_missing_or_damaged(tmp_path):
+    import torch
+
+    with pytest.raises(FileNotFoundError, match="no weights file"):
+        cache.load_weights(tmp_path / "missing.npz")
+    path = cache.save_weights(tmp_path / "w.npz", {"a": torch.zeros(100)}, {"k": 1})
+    (tmp_path / "garbage.npz").write_bytes(b"not an npz at all")
+    with pytest.raises(ValueError, match="not a sppnet-lite weights file"):
+        cache.load_weights(tmp_path / "garbage.npz")
+    cache.save_npz_atomic(tmp_path / "plain.npz", a=np.zeros(3))  # an npz, but no metadata
+    with pytest.raises(ValueError, match="not a sppnet-lite weights file"):
+        cache.load_weights(tmp_path / "plain.npz")
+    (tmp_path / "cut.npz").write_bytes(path.read_bytes()[:200])  # an interrupted copy
+    with pytest.raises(ValueError, match="not a sppnet-lite weights file"):
+        cache.load_weights(tmp_path / "cut.npz")

@@ -2,15 +2,17 @@
 end-to-end train -> detect -> evaluate run on a tiny generated dataset."""
 
 import json
+import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 from sppnet_lite import cli
-from sppnet_lite.detector import Pipeline, PipelineConfig
 from sppnet_lite.features import SPPFeatureExtractor
+from sppnet_lite.pipeline import Pipeline, PipelineConfig
 
 
 def run_cli(*args):
@@ -33,6 +35,10 @@ def test_help_and_module_entry_point():
     (["detect", "--run", "{tmp}", "/no/such.jpg", "--out", "{tmp}/d.json"], "does not exist"),
     (["detect", "--run", "{tmp}", "{tmp}/empty", "--out", "{tmp}/d.json"], "no images"),
     (["detect", "--run", "{tmp}", "{tmp}/corrupt.jpg", "--out", "{tmp}/d.json"], "cannot read"),
+    (["detect", "--run", "{tmp}", "{tmp}/cut.jpg", "--out", "{tmp}/d.json"], "truncated"),
+    (["train", "--data", "{tmp}", "--out", "{tmp}/run", "--backbone", "vgg16"], "needs --weights"),
+    (["train", "--data", "{tmp}", "--out", "{tmp}/run", "--backbone", "vgg16", "--weights",
+      "{tmp}/none.pth"], "is not a file"),
     (["detect", "--run", "{tmp}", "{tmp}/ok.png", "--out", "{tmp}/d.json"], "config.json"),
     (["train", "--data", "{tmp}/empty", "--out", "{tmp}/run", "--quick"], "VOC-layout"),
 ])
@@ -42,10 +48,49 @@ def test_bad_input_gives_one_line_error(tmp_path, capsys, args, needle):
     (tmp_path / "empty").mkdir()
     (tmp_path / "corrupt.jpg").write_bytes(b"not a jpeg at all")
     cv2.imwrite(str(tmp_path / "ok.png"), np.zeros((32, 32, 3), np.uint8))
+    noise = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    (tmp_path / "cut.jpg").write_bytes(cv2.imencode(".jpg", noise)[1].tobytes()[:4000])
     status = run_cli(*[a.replace("{tmp}", str(tmp_path)) for a in args])
     err = capsys.readouterr().err
     assert status != 0
     assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_mistyped_path_is_reported_before_torch_is_imported(tmp_path):
+    code = ("import sys; from sppnet_lite import cli; "
+            "status = cli.main(['detect', '--run', sys.argv[1], sys.argv[2], '--out', 'x.json']); "
+            "assert status == 2 and 'torch' not in sys.modules, sorted(sys.modules)")
+    for image in (tmp_path / "typo.jpg", tmp_path / "real.png"):
+        if image.name == "real.png":
+            import cv2
+
+            cv2.imwrite(str(image), np.zeros((32, 32, 3), np.uint8))
+        start = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "no-run"), str(image)],
+                             capture_output=True, text=True, timeout=60, check=False)
+        assert out.returncode == 0, out.stderr
+        assert time.perf_counter() - start < 20  # no torch start-up (seconds) behind the error
+
+
+def test_a_bad_image_in_the_training_data_is_named(tiny_voc, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "voc"
+    shutil.copytree(tiny_voc, data)
+    victim = sorted((data / "JPEGImages").glob("val_*.jpg"))[2]
+    victim.write_bytes(victim.read_bytes()[:3000])
+    status = run_cli("train", "--data", data, "--out", tmp_path / "run", "--quick",
+                     "--backbone", "resnet18", "--weights", write_resnet18(tmp_path))
+    err = capsys.readouterr().err
+    assert status == 2 and victim.name in err and "truncated" in err, err
+
+
+@pytest.mark.parametrize("classes", ["a,,b", "a,a"])
+def test_bad_classes_are_a_usage_error(tmp_path, capsys, classes):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("train", "--data", tmp_path, "--out", tmp_path / "run", "--classes", classes)
+    assert exit_info.value.code == 2 and "--classes" in capsys.readouterr().err
+    assert cli.name_list("cat, dog") == ("cat", "dog")
 
 
 @pytest.mark.parametrize("scales", ["big", "296,", "8"])
@@ -68,22 +113,10 @@ def test_run_dir_from_another_version_is_refused(tmp_path, capsys):
     assert not (tmp_path / "d.json").exists()
 
 
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    from sppnet_lite.data import load_recipe, make_dataset
-
-    recipe = load_recipe()
-    recipe["splits"] = {"quick": {"train": 16, "val": 8, "test": 8}, "full": {"train": 16, "val": 8, "test": 8}}
-    recipe["image_side"] = [200, 260]
-    recipe["object_side"] = [40, 110]
-    recipe["objects_per_image"] = [1, 3]
-    return make_dataset(tmp_path_factory.mktemp("tiny") / "voc", quick=True, recipe=recipe)
-
-
 @pytest.mark.slow
-def test_end_to_end_train_detect_evaluate(tiny_dataset, tmp_path, capsys, monkeypatch):
+def test_end_to_end_train_detect_evaluate(tiny_voc, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
-    train = ("train", "--data", tiny_dataset, "--out", run, "--quick", "--device", "cpu", "--scales", "224,320")
+    train = ("train", "--data", tiny_voc, "--out", run, "--quick", "--device", "cpu", "--scales", "224,320")
     assert run_cli(*train) == 0
     assert json.loads((run / "config.json").read_text())["config"]["scales"] == [224, 320]
     assert run_cli(*train) == 0  # a second run resumes from the cached stages
@@ -92,11 +125,11 @@ def test_end_to_end_train_detect_evaluate(tiny_dataset, tmp_path, capsys, monkey
     with monkeypatch.context() as patch:
         patch.setattr(SPPFeatureExtractor, "__call__", lambda *_: pytest.fail("features recomputed"))
         config = PipelineConfig.default(True, scales=(224, 320), iterations=7)
-        other = Pipeline(tiny_dataset, tmp_path / "other", quick=True, device="cpu", config=config,
-                         progress=False, features_dir=run / "features")
-        assert len(other.windows("train")["features"]) > 0
+        other = Pipeline(tiny_voc, tmp_path / "other", quick=True, device="cpu", config=config,
+                         progress=False, windows_dir=run / "windows")
+        assert len(other.windows("train")["pooled"]) > 0
 
-    images = sorted((tiny_dataset / "JPEGImages").glob("test_*.jpg"))[:2]
+    images = sorted((tiny_voc / "JPEGImages").glob("test_*.jpg"))[:2]
     out = tmp_path / "detections.json"
     assert run_cli("detect", "--run", run, *images, "--out", out, "--draw", tmp_path / "drawn",
                    "--score-threshold", "-1") == 0
@@ -105,7 +138,75 @@ def test_end_to_end_train_detect_evaluate(tiny_dataset, tmp_path, capsys, monkey
     assert {r["image"] for r in rows} <= {p.name for p in images}
     assert len(list((tmp_path / "drawn").glob("*.png"))) == 2
 
-    assert run_cli("evaluate", "--run", run, "--data", tiny_dataset, "--split", "test") == 0
+    assert run_cli("evaluate", "--run", run, "--data", tiny_voc, "--split", "test") == 0
     report = json.loads((run / "evaluation_test.json").read_text())
     # chance level (random scores over ~1000 proposals) is about 0.01
     assert report["mAP"] > 0.15, report
+
+
+def write_resnet18(folder):
+    """A weights file as torchvision distributes them (a full state dict), randomly initialised:
+    the real ImageNet file is a download away, which tests never make."""
+    import torch
+    import torchvision
+
+    path = folder / "resnet18-random.pth"
+    if not path.exists():
+        torch.manual_seed(0)
+        torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    return path
+
+
+@pytest.mark.slow
+def test_own_photos_on_a_torchvision_trunk_and_a_killed_run_resumes_identically(photo_like_voc,
+                                                                                 tmp_path):
+    weights = write_resnet18(tmp_path)
+    env = {**os.environ, "SPPNET_BUILD": str(tmp_path / "build"), "SPPNET_DEVICE": "cpu"}
+    train = [sys.executable, "-m", "sppnet_lite.cli", "train", "--data", str(photo_like_voc),
+             "--quick", "--backbone", "resnet18", "--weights", str(weights), "--scales", "160",
+             "--iterations", "150"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    out = subprocess.run([*train, "--out", str(whole)], env=env, capture_output=True, text=True,
+                         timeout=900, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "class names come from the annotations" in out.stdout
+    assert "holding out" in out.stdout and "hedgehog" in out.stdout
+    record = json.loads((whole / "run.json").read_text())
+    assert record["classes"] == ["hedgehog"] and len(record["notes"]) == 3
+
+    # Kill a second run of the same command during FC fine-tuning, then run it again.
+    proc = subprocess.Popen([*train, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while len(list(killed.glob("windows/*/index.json"))) < 2 and time.monotonic() < deadline:
+        assert proc.poll() is None, "training ended before it could be interrupted"
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.kill()
+    proc.wait()
+    assert not list(killed.glob("stages/head-*.npz")) and not (killed / "config.json").exists()
+    out = subprocess.run([*train, "--out", str(killed)], env=env, capture_output=True, text=True,
+                         timeout=900, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for name in ("head.npz", "backbone.npz", "svms.npz", "regressor.npz"):
+        a, b = np.load(whole / name), np.load(killed / name)
+        assert sorted(a.files) == sorted(b.files)
+        for key in a.files:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}:{key}")
+
+    images = sorted((photo_like_voc / "JPEGImages").glob("test_*.jpg"))[:2]
+    detections = [tmp_path / "a.json", tmp_path / "b.json"]
+    for run, path in zip((whole, killed), detections):
+        assert run_cli("detect", "--run", run, *images, "--out", path, "--score-threshold", "-1",
+                       "--backbone", "resnet18", "--weights", weights) == 0
+    assert json.loads(detections[0].read_text()) == json.loads(detections[1].read_text())
+    assert run_cli("evaluate", "--run", whole, "--data", photo_like_voc, "--split", "test") == 0
+    report = json.loads((whole / "evaluation_test.json").read_text())
+    assert set(report["ap"]) == {"hedgehog"}
+
+    assert run_cli("evaluate", "--run", whole, "--data", photo_like_voc, "--backbone", "vgg16",
+                   "--weights", weights) == 2
+    other = tmp_path / "other.pth"
+    other.write_bytes(weights.read_bytes() + b"\0")
+    assert run_cli("detect", "--run", whole, *images, "--out", tmp_path / "c.json",
+                   "--backbone", "resnet18", "--weights", other) == 2

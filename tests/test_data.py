@@ -1,4 +1,5 @@
-"""SynthVOC generator and the VOC-layout dataset class (chapter 04)."""
+"""Generating SynthVOC in the VOC layout, the classification set and the pretraining scenes
+(sppnet_lite.data); the generated folders read back through sppnet_lite.voc."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from sppnet_lite import data
+from sppnet_lite import data, voc
+from sppnet_lite.synthvoc import render_scene
 
 
 def tiny_recipe(**changes) -> dict:
@@ -76,18 +78,22 @@ def test_torchvision_vocdetection_reads_it(generated, tmp_path):
 
     (tmp_path / "VOCdevkit").mkdir()
     os.symlink(generated, tmp_path / "VOCdevkit" / "VOC2007")
-    voc = VOCDetection(str(tmp_path), year="2007", image_set="test", download=False)
-    image, target = voc[0]
+    theirs = VOCDetection(str(tmp_path), year="2007", image_set="test", download=False)
+    image, target = theirs[0]
     objects = target["annotation"]["object"]
     assert image.size == (int(target["annotation"]["size"]["width"]),
                           int(target["annotation"]["size"]["height"]))
-    ours = data.VOCDataset(tmp_path, "test")[0]
+    ours = voc.VOCDataset(tmp_path, "test")[0]
     assert [o["name"] for o in objects] == [data.CLASSES[k] for k in ours.labels]
 
 
-def test_dataset_class_on_generated(generated):
-    ds = data.VOCDataset(generated, "train")
-    assert len(ds) == 5 and ds.class_names == data.CLASSES
+def test_generated_set_reads_back(generated):
+    ds = voc.VOCDataset(generated, "train")
+    assert len(ds) == 5 and ds.class_names == data.CLASSES and ds.class_source == "classes.txt"
+    assert voc.available_splits(generated) == ["test", "train", "trainval", "val"]
+    assert voc.dataset_stamp(generated) == data.recipe_hash(
+        dict(tiny_recipe(), seed=7), quick=True)  # the recipe's hash, not the files'
+    voc.check_images(ds)
     sample = ds[0]
     assert sample.image.dtype == np.uint8 and sample.image.ndim == 3
     assert sample.boxes.dtype == np.float32 and sample.boxes.shape == (len(sample.labels), 4)
@@ -99,85 +105,26 @@ def test_dataset_class_on_generated(generated):
     assert (b[:, 0] >= 0).all() and (b[:, 1] >= 0).all()
     assert (b[:, 2] <= width).all() and (b[:, 3] <= height).all()
     assert (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
-    assert ds.annotation(0).image is None
-    np.testing.assert_array_equal(ds.annotation(0).boxes, sample.boxes)
-
-
-def test_statistics_bounds():
-    recipe = data.load_recipe()
-    scenes = data.make_scenes(30, seed=123)
-    sides, aspects, truncated, difficult, counts = [], [], 0, 0, []
-    for i, s in enumerate(scenes):
-        height, width = s.image.shape[:2]
-        lo, hi = recipe["image_side"]
-        assert lo <= min(height, width) <= max(height, width) <= hi
-        counts.append(len(s.labels))
-        rng = np.random.default_rng([123, data.SPLIT_CODES["pretrain"], i])
-        _, objects = data.render_scene(rng, recipe)
-        assert [o["box"] for o in objects] == [tuple(int(v) for v in b) for b in s.boxes]
-        for o in objects:
-            x1, y1, x2, y2 = o["box"]
-            truncated += o["truncated"]
-            difficult += o["difficult"]
-            if not o["truncated"]:
-                sides.append(max(x2 - x1, y2 - y1))
-                aspects.append((x2 - x1) / (y2 - y1))
-    assert min(counts) >= 1 and max(counts) <= 6 and len(set(counts)) >= 4
-    assert min(sides) <= 24 and max(sides) >= 150 and max(sides) <= 215
-    assert 0.4 <= min(aspects) <= 0.7 and 1.5 <= max(aspects) <= 2.5
-    assert truncated > 0 and difficult > 0
-
-
-def test_dataset_statistics(generated):
-    stats = data.dataset_statistics(data.VOCDataset(generated, "trainval"))
+    stats = voc.dataset_statistics(voc.VOCDataset(generated, "trainval"))
     n_objects = stats["objects_per_image"].sum()
     assert len(stats["side"]) == len(stats["aspect"]) == n_objects
     assert (stats["image_width"] >= 240).all() and (stats["image_height"] <= 480).all()
 
 
-def write_voc(root, annotations: dict, split="train"):
-    """A hand-written VOC folder.
-
-    ``annotations``: ``{image_id: (w, h, [(name, xmin, ymin, xmax, ymax, difficult)])}``.
-    """
-    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    for image_id, (w, h, objects) in annotations.items():
-        cv2.imwrite(str(root / "JPEGImages" / f"{image_id}.jpg"), np.full((h, w, 3), 128, np.uint8))
-        objs = "".join(
-            f"<object><name>{n}</name><pose>Left</pose><truncated>0</truncated>"
-            f"<difficult>{d}</difficult><bndbox><xmin>{a}</xmin><ymin>{b}</ymin>"
-            f"<xmax>{c}</xmax><ymax>{e}</ymax></bndbox></object>" for n, a, b, c, e, d in objects)
-        (root / "Annotations" / f"{image_id}.xml").write_text(
-            f"<annotation><folder>VOC2007</folder><filename>{image_id}.jpg</filename>"
-            f"<size><width>{w}</width><height>{h}</height><depth>3</depth></size>"
-            f"<segmented>0</segmented>{objs}</annotation>")
-    (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(annotations) + "\n")
-
-
-def test_dataset_class_on_handwritten_voc(tmp_path):
-    voc = tmp_path / "VOCdevkit" / "VOC2007"
-    write_voc(voc, {"000005": (50, 40, [("dog", 1, 1, 50, 40, 0)]),
-                    "000007": (60, 30, [("person", 11, 5, 20, 25, 1), ("car", 3, 4, 7, 8, 0)]),
-                    "000009": (20, 20, [])})
-    for root in (tmp_path, tmp_path / "VOCdevkit", voc):
-        ds = data.VOCDataset(root, "train")
-        assert ds.class_names == data.VOC_CLASSES and ds.image_ids == ["000005", "000007", "000009"]
-    s = ds[1]
-    assert s.image.shape == (30, 60, 3) and s.image_id == "000007"
-    np.testing.assert_array_equal(s.boxes, np.array([[10, 4, 20, 25], [2, 3, 7, 8]], np.float32))
-    np.testing.assert_array_equal(s.labels, [data.VOC_CLASSES.index("person"),
-                                             data.VOC_CLASSES.index("car")])
-    np.testing.assert_array_equal(s.difficult, [True, False])
-    np.testing.assert_array_equal(ds[0].boxes, [[0, 0, 50, 40]])  # whole image, 1-based in XML
-    empty = ds[2]
-    assert empty.boxes.shape == (0, 4) and empty.labels.shape == (0,)
-    with pytest.raises(ValueError, match="split"):
-        data.VOCDataset(voc, "val")
-    with pytest.raises(ValueError, match="'dog' is not in class_names"):
-        data.VOCDataset(voc, "train", classes=("person", "car"))
-    with pytest.raises(FileNotFoundError, match="VOC-layout"):
-        data.VOCDataset(tmp_path / "nowhere", "train")
+def test_scenes_are_rendered_from_the_pretraining_seed():
+    scenes = data.make_scenes(4, seed=123)
+    assert [s.image_id for s in scenes] == [f"pretrain_{i:06d}" for i in range(4)]
+    recipe = data.load_recipe()
+    for i, s in enumerate(scenes):
+        image, objects = render_scene(np.random.default_rng([123, data.SPLIT_CODES["pretrain"], i]),
+                                      recipe)
+        np.testing.assert_array_equal(s.image, image)
+        assert [o["box"] for o in objects] == [tuple(int(v) for v in b) for b in s.boxes]
+        assert s.labels.tolist() == [o["label"] for o in objects]
+        assert s.difficult.tolist() == [o["difficult"] for o in objects]
+    shifted = data.make_scenes(1, seed=123, offset=3)[0]
+    assert shifted.image_id == "pretrain_000003"
+    np.testing.assert_array_equal(shifted.image, scenes[3].image)
 
 
 def test_ensure_dataset_regenerates_only_when_recipe_changes(tmp_path, monkeypatch):
@@ -191,7 +138,7 @@ def test_ensure_dataset_regenerates_only_when_recipe_changes(tmp_path, monkeypat
     assert marker.exists()
     recipe["jpeg_quality"] = 80
     data.ensure_dataset(quick=True, root=root)
-    assert not marker.exists() and len(data.VOCDataset(root, "test")) == 4
+    assert not marker.exists() and len(voc.VOCDataset(root, "test")) == 4
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
 
 

@@ -1,9 +1,19 @@
-"""VOC AP: hand-computed cases and an independent devkit-style reference implementation."""
+"""VOC AP: hand-computed cases and an independent devkit-style reference implementation;
+the evaluation loop on a tiny detector."""
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from sppnet_lite.evaluate import Detections, error_analysis, evaluate_detections, voc_ap
+from sppnet_lite.boxes import Detections
+from sppnet_lite.evaluate import (
+    ABLATIONS,
+    error_analysis,
+    evaluate_detections,
+    evaluate_detector,
+    voc_ap,
+)
 
 
 def gt(boxes, labels, difficult=None):
@@ -146,3 +156,86 @@ def test_error_analysis_categories():
 def test_mismatched_lengths_raise():
     with pytest.raises(ValueError, match="ground_truths"):
         evaluate_detections([Detections.empty()], [], ["a"])
+
+
+# ----------------------------------------------------------------------------------------
+# evaluate_detector: the loop over a dataset, on a tiny detector
+# ----------------------------------------------------------------------------------------
+
+class TwoImages:
+    """A dataset of two random images whose objects are some of their proposals."""
+
+    class_names = ("a", "b", "c")
+
+    def __init__(self):
+        from test_detector import random_scene
+
+        self.samples, self.proposals = [], []
+        for seed in (0, 1):
+            image, proposals = random_scene(seed, proposals=20)
+            self.samples.append(SimpleNamespace(
+                image=image, boxes=proposals[[0, 1]], labels=np.array([0, 2]),
+                difficult=np.array([False, True]), image_id=f"im{seed}"))
+            self.proposals.append(proposals)
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        return self.samples[i]
+
+
+def test_evaluate_detector_runs_every_ablation_on_shared_scores():
+    from test_detector import assert_same_detections, tiny_detector
+
+    from sppnet_lite.detector import TIMED_STAGES
+    from sppnet_lite.svm import LinearSVMs
+
+    det, data = tiny_detector(), TwoImages()
+    rng = np.random.default_rng(0)
+    pool5 = LinearSVMs(rng.normal(0, 1, (3, 400)).astype(np.float32), np.zeros(3, np.float32),
+                       0.1)
+    report = evaluate_detector(det, data, proposals=data.proposals, variants=ABLATIONS,
+                               pool5_svms=pool5, progress=False)
+    assert set(report) == {"results", "detections", "images", "timing", "seconds_per_image"}
+    assert set(report["results"]) == set(report["detections"]) == set(ABLATIONS)
+    assert report["images"] == 2 and all(len(d) == 2 for d in report["detections"].values())
+    assert set(report["timing"]) == set(TIMED_STAGES)
+    assert report["seconds_per_image"] == pytest.approx(sum(report["timing"].values()))
+    for i, sample in enumerate(data.samples):  # oracle: the detector run image by image
+        found = {name: report["detections"][name][i] for name in ABLATIONS}
+        assert_same_detections(found["+ box regression"],
+                               det.detect(sample.image, proposals=data.proposals[i]))
+        assert_same_detections(found["fine-tuned FC + SVMs"],
+                               det.detect(sample.image, proposals=data.proposals[i],
+                                          regression=False))
+        assert_same_detections(found["fine-tuned FC, softmax"],
+                               det.detect(sample.image, proposals=data.proposals[i],
+                                          score="softmax", regression=False))
+        scores = det.score(det.pool(sample.image, data.proposals[i]))
+        assert_same_detections(found["no fine-tuning (SVMs on pool5)"],
+                               det.postprocess(scores, data.proposals[i], sample.image.shape[:2],
+                                               pool5.decision_function(scores.pooled),
+                                               regression=False))
+    for name, result in report["results"].items():
+        expected = evaluate_detections(report["detections"][name], data.samples, data.class_names)
+        assert result.ap == pytest.approx(expected.ap, nan_ok=True)
+        assert result.mAP == pytest.approx(expected.mAP)
+        assert result.num_positives == {"a": 2, "b": 0, "c": 0}  # "c" objects are difficult
+
+
+def test_evaluate_detector_defaults_limits_and_errors():
+    from test_detector import tiny_detector
+
+    det, data = tiny_detector(), TwoImages()
+    one = evaluate_detector(det, data, proposals=[data.proposals[0], np.zeros((0, 4))],
+                            max_images=1, progress=False)
+    assert list(one["results"]) == ["detector"] and one["images"] == 1
+    empty = evaluate_detector(det, data, proposals=[data.proposals[0], np.zeros((0, 4))],
+                              progress=False)
+    assert len(empty["detections"]["detector"][1]) == 0  # an image without proposals
+    with pytest.raises(ValueError, match="pool5_svms"):
+        evaluate_detector(det, data, proposals=data.proposals, progress=False,
+                          variants={"pool5": {"score": "pool5_svm"}})
+    with pytest.raises(ValueError, match="no images"):
+        evaluate_detector(det, data, proposals=data.proposals, max_images=0, progress=False)

@@ -1,4 +1,5 @@
-"""SPP-net feature extraction and the feature store (sppnet_lite.features)."""
+"""SPP-net window extraction (sppnet_lite.features): pooled vectors against roi_pool, the
+scale choice, and the shared helpers (norm_scale, check_image, eval_mode)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from torch import nn
 from torchvision.ops import roi_pool
 
 from sppnet_lite.features import (
-    FeatureStore,
     SPPFeatureExtractor,
+    WindowExtractor,
+    check_image,
     default_scales,
+    eval_mode,
+    norm_scale,
     resize_shorter_side,
     select_scales,
-    state_dict_hash,
 )
 from sppnet_lite.rcnn import RCNNFeatureExtractor
 from sppnet_lite.spp import project_boxes
@@ -41,18 +44,6 @@ class TinyTrunk(nn.Module):
 
 def to_tensor(image):
     return torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
-
-
-@pytest.fixture()
-def image():
-    rng = np.random.default_rng(0)
-    return rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
-
-
-@pytest.fixture()
-def boxes():
-    return np.array([[0, 0, 64, 48], [4, 4, 20, 28], [30, 10, 33, 13], [40, 20, 64, 48]],
-                    np.float32)
 
 
 def test_default_scales():
@@ -129,6 +120,7 @@ def test_extractors_give_identical_output_length(image, boxes):
     trunk = TinyTrunk()
     spp = SPPFeatureExtractor(trunk, LEVELS, scales=(48,), preprocess=to_tensor)
     rcnn = RCNNFeatureExtractor(trunk, context=2, levels=LEVELS, preprocess=to_tensor)
+    assert isinstance(spp, WindowExtractor) and isinstance(rcnn, WindowExtractor)
     assert spp.output_dim == rcnn.output_dim
     assert spp(image, boxes).shape == rcnn(image, boxes).shape == (len(boxes), spp.output_dim)
 
@@ -158,91 +150,50 @@ def test_cuda_matches_cpu(image, boxes):
     torch.testing.assert_close(out, cpu, rtol=1e-4, atol=1e-4)
 
 
-# ----------------------------------------------------------------------------------------
-# FeatureStore
-# ----------------------------------------------------------------------------------------
-
-def _store(tmp_path, checkpoint="abc", scales=(48,)):
-    extractor = SPPFeatureExtractor(TinyTrunk(), LEVELS, scales=scales, preprocess=to_tensor)
-    return FeatureStore.for_extractor(extractor, root=tmp_path, checkpoint_hash=checkpoint), extractor
+def test_select_scales_needs_a_scale():
+    with pytest.raises(ValueError, match="scales"):
+        select_scales(np.zeros((1, 4)), (10, 10), (), 5)
+    with pytest.raises(ValueError, match="scales"):
+        SPPFeatureExtractor(TinyTrunk(), scales=(8,))
 
 
-def test_store_round_trip(tmp_path, image, boxes):
-    store, extractor = _store(tmp_path)
-    features = extractor(image, boxes)
-    store.put("img_001", features, boxes, image_hash="h1", labels=np.arange(4))
-    assert store.has("img_001") and store.has("img_001", boxes, "h1")
-    entry = store.get("img_001", boxes)
-    assert isinstance(entry["features"], np.memmap) and entry["features"].dtype == np.float16
-    np.testing.assert_allclose(entry["features"], features.numpy(), rtol=1e-3, atol=1e-3)
-    np.testing.assert_array_equal(entry["boxes"], boxes)
-    assert entry["labels"].tolist() == [0, 1, 2, 3] and entry["image_hash"] == "h1"
-    assert store.image_ids() == ["img_001"]
-    stacked = store.load(["img_001", "img_001"])
-    assert stacked["features"].shape == (8, extractor.output_dim)
-    assert stacked["image_index"].tolist() == [0] * 4 + [1] * 4
+def test_config_describes_the_extractor():
+    config = SPPFeatureExtractor(TinyTrunk(), LEVELS, scales=(24, 48), rule="round").config
+    assert config["kind"] == "spp" and config["levels"] == [3, 2, 1]
+    assert config["scales"] == [24, 48] and config["rule"] == "round" and config["stride"] == 4.0
+    assert config["preprocess"] == "sppnet_lite.backbone.preprocess"
 
 
-def test_store_rejects_stale_entries(tmp_path, image, boxes):
-    store, extractor = _store(tmp_path)
-    store.put("a", extractor(image, boxes), boxes, image_hash="h1")
-    assert not store.has("a", boxes[:2]) and not store.has("a", image_hash="other")
-    assert store.has("a", extra={}) and not store.has("a", extra={"labels": np.zeros(4)})
-    with pytest.raises(KeyError):
-        store.get("a", boxes[:2])
-    with pytest.raises(KeyError):
-        store.get("missing")
-    # another checkpoint or extractor config is another store: nothing to read there
-    other_weights, _ = _store(tmp_path, checkpoint="def")
-    other_scales, _ = _store(tmp_path, scales=(24, 48))
-    assert other_weights.dir != store.dir != other_scales.dir
-    assert not other_weights.has("a") and not other_scales.has("a")
-    # without a checkpoint hash the weights themselves are hashed
-    trunk = TinyTrunk()
-    before = state_dict_hash(trunk)
-    with torch.no_grad():
-        trunk.layers[0].weight[0, 0, 0, 0] += 1
-    assert state_dict_hash(trunk) != before
+def test_norm_scale_gives_a_mean_norm_of_20():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(3, 2, (500, 16)).astype(np.float32)
+    s = norm_scale(vectors)
+    assert np.linalg.norm(vectors * s, axis=1).mean() == pytest.approx(20.0, rel=1e-5)
+    assert norm_scale(torch.from_numpy(vectors)) == s  # torch or NumPy, same number
+    assert norm_scale(vectors, target_norm=1.0) == pytest.approx(s / 20)
+    sampled = norm_scale(vectors, sample=100)  # a seeded subsample, close to the full mean
+    assert sampled == pytest.approx(s, rel=0.05) and sampled == norm_scale(vectors, sample=100)
+    assert norm_scale(np.zeros((0, 16), np.float32)) == 20.0
 
 
-def test_store_interrupted_put_is_invisible(tmp_path, image, boxes, monkeypatch):
-    store, extractor = _store(tmp_path)
-    features = extractor(image, boxes)
-    store.put("a", features, boxes)
-
-    def broken_save(file, array, **kwargs):
-        file.write(b"partial")
-        raise RuntimeError("killed while writing")
-
-    monkeypatch.setattr(np, "save", broken_save)
-    with pytest.raises(RuntimeError, match="killed"):
-        store.put("a", features[:2], boxes[:2])
-    monkeypatch.undo()
-    assert not store.has("a")  # the old entry is gone, the new one never appeared
-    assert sorted(p.name for p in store.dir.iterdir()) == ["a.features.npy", "key.json"]
+def test_check_image():
+    image = np.zeros((4, 5, 3), np.uint8)[:, ::-1]
+    checked = check_image(image)
+    assert checked.flags["C_CONTIGUOUS"] and checked.shape == (4, 5, 3)
+    for bad in (np.zeros((4, 5), np.uint8), np.zeros((4, 5, 4), np.uint8),
+                np.zeros((4, 5, 3), np.float32)):
+        with pytest.raises(ValueError, match=r"RGB uint8 \(H, W, 3\)"):
+            check_image(bad)
 
 
-def test_store_build_resumes(tmp_path, image, boxes):
-    from types import SimpleNamespace
-
-    store, extractor = _store(tmp_path)
-    dataset = [SimpleNamespace(image=image, image_id=f"im{i}") for i in range(3)]
-    calls = []
-
-    def counting(img, bxs):
-        calls.append(len(bxs))
-        return extractor(img, bxs)
-
-    store.build(dataset[:2], counting, lambda i, s: boxes, progress=False)
-    assert len(calls) == 2
-    store.build(dataset, counting, lambda i, s: {"boxes": boxes, "labels": np.ones(4)},
-                progress=False)
-    assert len(calls) == 5  # the new image, and the two whose extra arrays changed
-    assert store.get("im0")["labels"].tolist() == [1, 1, 1, 1]
-    store.build(dataset, counting, lambda i, s: {"boxes": boxes, "labels": np.ones(4)},
-                progress=False)
-    assert len(calls) == 5  # nothing changed: all read
-    store.build(dataset, counting, lambda i, s: boxes[:3], progress=False)
-    assert len(calls) == 8  # changed boxes: all recomputed
-    assert store.get("im2")["boxes"].shape == (3, 4)
-    assert (store.dir / "index.json").exists()
+def test_eval_mode_restores_the_previous_mode():
+    module = nn.Dropout()
+    for training in (True, False):
+        module.train(training)
+        with eval_mode(module):
+            assert not module.training
+        assert module.training == training
+    module.train()
+    with pytest.raises(RuntimeError), eval_mode(module):
+        raise RuntimeError("fails inside")
+    assert module.training

@@ -11,8 +11,8 @@ from sklearn.datasets import load_sample_images
 
 from sppnet_lite import proposals
 from sppnet_lite.proposals import (
+    SEARCH_MODES,
     as_rgb_uint8,
-    best_matching,
     ensure_proposals,
     proposal_cache_dir,
     proposal_recall,
@@ -96,7 +96,8 @@ def test_bad_images_raise_value_error(bad, message):
 
 
 def test_bad_arguments(photo):
-    with pytest.raises(ValueError, match="mode"):
+    assert SEARCH_MODES == ("fast", "quality")
+    with pytest.raises(ValueError, match=r"mode must be one of \('fast', 'quality'\)"):
         selective_search(photo, mode="slow")
     with pytest.raises(ValueError, match="max_proposals"):
         selective_search(photo, max_proposals=0)
@@ -178,34 +179,8 @@ def test_recall_hand_computed():
     assert proposal_recall(props, gts, counts=(3,))["recall"][0.5] == [1.0]
 
 
-def test_recall_without_proposals_and_best_matching():
+def test_recall_without_proposals():
     gts = [np.array([[0, 0, 10, 10]], np.float32)]
     result = proposal_recall([np.zeros((0, 4), np.float32)], gts, counts=(5,))
     assert result["recall"][0.5] == [0.0]
-    index, iou = best_matching(np.array([[0, 0, 5, 5], [0, 0, 10, 10]], np.float32), gts[0])
-    assert index.tolist() == [1] and iou.tolist() == [1.0]
-    index, iou = best_matching(np.zeros((0, 4)), gts[0])
-    assert index.tolist() == [-1] and iou.tolist() == [0.0]
-
-
-def test_proposal_browser_callback(photo):
-    """The chapter 05 widget's callback, called directly (no browser)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    from sppnet_lite.widgets import proposal_browser, proposal_numbers
-
-    gt = np.array([[10, 10, 60, 50]], np.float32)
-    sample = SimpleNamespace(image=photo, boxes=gt, labels=np.array([0]), image_id="photo",
-                             difficult=np.array([False]))
-    boxes = np.array([[0, 0, 4, 4], [10, 10, 60, 50], [12, 12, 58, 48]], np.float32)
-    numbers = proposal_numbers(boxes, gt, top_k=2, min_size=5)
-    assert numbers["shown"].tolist() == boxes[1:].tolist()  # the 4-px box is filtered
-    assert numbers["best_index"].tolist() == [0] and numbers["best_iou"].tolist() == [1.0]
-    assert len(proposal_numbers(boxes, gt, top_k=0)["shown"]) == 0
-    fig = proposal_browser([sample], [boxes], index=0, top_k=3, min_size=0)
-    assert isinstance(fig, Figure) and "1/1 objects" in fig.axes[0].get_title()
-    fig = proposal_browser([sample], [boxes[:1]], top_k=1, show_gt=False, show_best=False)
-    assert "0/1 objects" in fig.axes[0].get_title()
+    assert result["num_objects"] == 1 and result["best_iou"].tolist() == [0.0]

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from torchvision.ops import roi_pool
 
 from sppnet_lite.spp import (
+    PROJECTION_RULES,
     SpatialPyramidPooling,
     _nests,
     project_boxes,
@@ -253,6 +254,12 @@ def test_round_rule_rounds_halves_away_from_zero_like_roi_pool():
 def test_project_boxes_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_projection_rules_are_named_in_the_error():
+    assert PROJECTION_RULES == ("paper", "round")
+    with pytest.raises(ValueError, match=r"rule must be one of \('paper', 'round'\)"):
+        project_boxes(np.zeros((1, 4)), 16, "nearest")
 
 
 # --------------------------------------------------------------------------------- CUDA

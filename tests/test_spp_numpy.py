@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sppnet_lite.spp_numpy import output_length, pyramid_bins, spp
+from sppnet_lite.spp_numpy import BIN_RULES, POOLS, check_levels, output_length, pyramid_bins, spp
 
 sizes = st.integers(1, 40)
 levels_st = st.lists(st.integers(1, 8), min_size=1, max_size=4)
@@ -126,3 +126,15 @@ def test_maps_smaller_than_the_bin_count_still_pool_in_adaptive_mode():
 def test_errors_name_the_argument_and_the_value(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_check_levels_is_shared_and_names_the_bad_entry():
+    assert BIN_RULES == ("adaptive", "paper") and POOLS == ("max", "avg")
+    assert check_levels([6, 3, 2, 1]) == (6, 3, 2, 1)
+    assert check_levels(np.array([2, 1])) == (2, 1)
+    with pytest.raises(ValueError, match="at least one"):
+        check_levels([])
+    with pytest.raises(ValueError, match="positive integer"):
+        check_levels((3, 0))
+    with pytest.raises(ValueError, match=r"mode must be one of \('adaptive', 'paper'\)"):
+        pyramid_bins(5, 2, "nearest")

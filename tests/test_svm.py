@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from sklearn.svm import LinearSVC
 
-from sppnet_lite.svm import LinearSVMs, feature_scale_for, train_svms
+from sppnet_lite.features import norm_scale
+from sppnet_lite.svm import LinearSVMs, train_svms
 
 
 def make_pool(seed=0, n_neg=3000, n_pos=40, dim=16, k=3):
@@ -58,9 +59,10 @@ def test_mined_svm_matches_svm_trained_on_everything():
 
 def test_feature_scale_and_round_trip():
     x, pos, neg = make_pool(n_neg=300)
-    s = feature_scale_for(x)
-    assert np.linalg.norm(x * s, axis=1).mean() == pytest.approx(20.0, rel=0.05)
     svms = train_svms(x, pos, neg, rounds=1, progress=False)
+    # R-CNN's rescaling to a mean norm of 20, from the shared helper
+    assert svms.feature_scale == norm_scale(x)
+    assert np.linalg.norm(x * svms.feature_scale, axis=1).mean() == pytest.approx(20.0, rel=0.05)
     again = LinearSVMs.from_arrays(svms.to_arrays())
     np.testing.assert_allclose(again.decision_function(x), svms.decision_function(x), rtol=1e-6)
 
@@ -72,5 +74,5 @@ def test_class_without_positives_never_fires_and_errors():
     assert (svms.decision_function(x)[:, 2] < 0).all()
     with pytest.raises(ValueError, match="same N"):
         train_svms(x[:10], pos, neg)
-    with pytest.raises(ValueError, match=r"\(N, 16\)"):
+    with pytest.raises(ValueError, match=r"vectors must have shape \(N, 16\)"):
         svms.decision_function(np.zeros((2, 5)))

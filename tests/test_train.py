@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from sppnet_lite import train
 from sppnet_lite.backbone import ZFLite
@@ -40,24 +39,6 @@ def test_bucket_batches_never_mix_shapes():
     assert sorted(np.concatenate(batches).tolist()) == list(range(13))
     for idx in batches:
         assert len(idx) <= 3 and len({images[i].shape for i in idx}) == 1
-
-
-def test_classifier_heads():
-    trunk = ZFLite(widths=(8, 8, 8, 8, 16))
-    fc = train.Classifier(trunk, 6, head="fc", fixed_size=96).eval()
-    spp = train.Classifier(ZFLite(widths=(8, 8, 8, 8, 16)), 6, head="spp").eval()
-    assert fc.fc[1].in_features == 16 * 9 and spp.fc[1].in_features == 16 * 14
-    with torch.no_grad():
-        assert fc(torch.zeros(2, 3, 96, 96)).shape == (2, 6)
-        for size in [(96, 96), (96, 208), (40, 200)]:
-            assert spp(torch.zeros(1, 3, *size)).shape == (1, 6)
-        with pytest.raises(RuntimeError):
-            fc(torch.zeros(1, 3, 96, 208))
-        # On a 96x96 input the SPP's 3x3 level is exactly the fixed-size head's pooling.
-        conv5 = spp.trunk(torch.randn(1, 3, 96, 96))
-        torch.testing.assert_close(spp.pool(conv5)[:, :16 * 9], fc.pool(conv5))
-    with pytest.raises(ValueError, match="head"):
-        train.Classifier(trunk, 6, head="gap")
 
 
 @pytest.mark.parametrize("method", train.METHODS)
