@@ -92,34 +92,46 @@ def save_json_atomic(path: str | os.PathLike, obj: object) -> Path:
     return path
 
 
-def save_weights(path: str | os.PathLike, state_dict: dict, meta: dict | None = None) -> Path:
-    """Write a module's ``state_dict`` (tensors) and a JSON-able ``meta`` dict to ``path``.
+def save_arrays(path: str | os.PathLike, arrays: dict, meta: dict | None = None) -> Path:
+    """Write named NumPy ``arrays`` and a JSON-able ``meta`` dict to ``path``, atomically.
 
-    The book's one weights format, for checkpoints, training stages and saved
-    detectors: an ``.npz`` of plain arrays (the metadata as a JSON string), written
-    atomically and read back by :func:`load_weights` without unpickling anything.
+    The book's one format for what training produces (checkpoints, training stages,
+    saved detectors): an ``.npz`` of plain arrays with the metadata as a JSON string,
+    read back by :func:`load_arrays` without unpickling anything.
     """
-    arrays = {f"w:{name}": tensor.detach().cpu().numpy() for name, tensor in state_dict.items()}
+    reserved = [name for name in arrays if name.startswith("__")]
+    if reserved:
+        raise ValueError(f"array names may not start with '__', got {reserved}")
     return save_npz_atomic(path, __meta__=np.array(json.dumps(meta or {}, sort_keys=True)),
                            **arrays)
 
 
-def load_weights(path: str | os.PathLike) -> tuple[dict, dict]:
-    """``(state_dict of CPU tensors, meta)`` from a file written by :func:`save_weights`.
+def load_arrays(path: str | os.PathLike) -> tuple[dict, dict]:
+    """``(arrays, meta)`` from a file written by :func:`save_arrays`.
 
     ``FileNotFoundError`` when missing; ``ValueError`` when the file is damaged or
     is not such a file."""
-    import torch
-
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no weights file at {str(path)!r}")
+        raise FileNotFoundError(f"no file at {str(path)!r}")
     try:
         arrays = load_npz(path)
         meta = json.loads(str(arrays.pop("__meta__")))
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{str(path)!r} is not a sppnet-lite weights file ({type(err).__name__}: "
+        raise ValueError(f"{str(path)!r} is not a sppnet-lite array file ({type(err).__name__}: "
                          f"{err}); delete it and rerun") from None
-    state = {name[2:]: torch.from_numpy(array) for name, array in arrays.items()
-             if name.startswith("w:")}
-    return state, meta
+    return arrays, meta
+
+
+def save_weights(path: str | os.PathLike, state_dict: dict, meta: dict | None = None) -> Path:
+    """:func:`save_arrays` for a module's ``state_dict`` (tensors)."""
+    return save_arrays(path, {name: t.detach().cpu().numpy() for name, t in state_dict.items()},
+                       meta)
+
+
+def load_weights(path: str | os.PathLike) -> tuple[dict, dict]:
+    """``(state_dict of CPU tensors, meta)`` from a file written by :func:`save_weights`."""
+    import torch
+
+    arrays, meta = load_arrays(path)
+    return {name: torch.from_numpy(array) for name, array in arrays.items()}, meta

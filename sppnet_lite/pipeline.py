@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .backbone import TRUNKS, backbone_name
-from .cache import config_hash, load_npz, save_json_atomic, save_npz_atomic
+from .cache import config_hash, load_arrays, save_arrays, save_json_atomic
 from .detector import FORMAT_VERSION, NMS_IOU, SCALES, DetectorConfig, SPPNetDetector
 from .finetune import FG_FRACTION, FCHead, head_outputs, train_fc_head
 from .pretrain import pretrained_trunk, trunk_key
@@ -232,12 +232,10 @@ class Pipeline:
         if stage not in self._memo:
             path = self.run_dir / "stages" / f"{stage}-{self.stage_key(stage)}.npz"
             if path.is_file():
-                arrays = load_npz(path)
-                value = decode(arrays, json.loads(str(arrays.pop("__meta__"))))
+                value = decode(*load_arrays(path))
             else:
                 value = compute()
-                arrays, meta = encode(value)
-                save_npz_atomic(path, __meta__=np.array(json.dumps(meta)), **arrays)
+                save_arrays(path, *encode(value))
             self._memo[stage] = value
         return self._memo[stage]
 
@@ -284,12 +282,12 @@ class Pipeline:
 
         def encode(value):
             head, history = value
-            return ({f"w:{k}": v.detach().cpu().numpy() for k, v in head.state_dict().items()},
+            return ({k: v.detach().cpu().numpy() for k, v in head.state_dict().items()},
                     {"history": history, "in_dim": head.in_dim})
 
         def decode(arrays, meta):
             head = FCHead(meta["in_dim"], len(self.class_names), cfg.hidden)
-            head.load_state_dict({k[2:]: torch.from_numpy(v) for k, v in arrays.items()})
+            head.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()})
             return head.eval(), meta["history"]
 
         return self._cached("head", compute, encode, decode)

@@ -73,15 +73,15 @@ def test_weights_round_trip_as_plain_arrays(tmp_path):
 def test_weights_missing_or_damaged(tmp_path):
     import torch
 
-    with pytest.raises(FileNotFoundError, match="no weights file"):
+    with pytest.raises(FileNotFoundError, match="no file at"):
         cache.load_weights(tmp_path / "missing.npz")
     path = cache.save_weights(tmp_path / "w.npz", {"a": torch.zeros(100)}, {"k": 1})
     (tmp_path / "garbage.npz").write_bytes(b"not an npz at all")
-    with pytest.raises(ValueError, match="not a sppnet-lite weights file"):
+    with pytest.raises(ValueError, match="not a sppnet-lite array file"):
         cache.load_weights(tmp_path / "garbage.npz")
     cache.save_npz_atomic(tmp_path / "plain.npz", a=np.zeros(3))  # an npz, but no metadata
-    with pytest.raises(ValueError, match="not a sppnet-lite weights file"):
+    with pytest.raises(ValueError, match="not a sppnet-lite array file"):
         cache.load_weights(tmp_path / "plain.npz")
     (tmp_path / "cut.npz").write_bytes(path.read_bytes()[:200])  # an interrupted copy
-    with pytest.raises(ValueError, match="not a sppnet-lite weights file"):
+    with pytest.raises(ValueError, match="not a sppnet-lite array file"):
         cache.load_weights(tmp_path / "cut.npz")

@@ -36,10 +36,10 @@ def test_checkpoint_roundtrip_and_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         pretrain.load_checkpoint(tmp_path / "missing.npz")
     (tmp_path / "corrupt.npz").write_bytes(path.read_bytes()[: 200])
-    with pytest.raises(ValueError, match="not a sppnet-lite weights file"):
+    with pytest.raises(ValueError, match="not a sppnet-lite array file"):
         pretrain.load_checkpoint(tmp_path / "corrupt.npz")
     torch.save({"weights": torch.zeros(3)}, tmp_path / "old.pt")  # a pickle: never unpickled
-    with pytest.raises(ValueError, match="not a sppnet-lite weights file"):
+    with pytest.raises(ValueError, match="not a sppnet-lite array file"):
         pretrain.load_checkpoint(tmp_path / "old.pt")
     save_weights(tmp_path / "foreign.npz", {"weights": torch.zeros(3)}, {"format": 2})
     with pytest.raises(ValueError, match="not a sppnet-lite checkpoint"):
