@@ -123,15 +123,24 @@ def load_arrays(path: str | os.PathLike) -> tuple[dict, dict]:
     return arrays, meta
 
 
+def state_arrays(state_dict: dict) -> dict:
+    """A module's ``state_dict`` (tensors) as NumPy arrays, for :func:`save_arrays`."""
+    return {name: tensor.detach().cpu().numpy() for name, tensor in state_dict.items()}
+
+
+def state_tensors(arrays: dict) -> dict:
+    """The inverse of :func:`state_arrays`: CPU tensors for ``load_state_dict``."""
+    import torch
+
+    return {name: torch.from_numpy(array) for name, array in arrays.items()}
+
+
 def save_weights(path: str | os.PathLike, state_dict: dict, meta: dict | None = None) -> Path:
     """:func:`save_arrays` for a module's ``state_dict`` (tensors)."""
-    return save_arrays(path, {name: t.detach().cpu().numpy() for name, t in state_dict.items()},
-                       meta)
+    return save_arrays(path, state_arrays(state_dict), meta)
 
 
 def load_weights(path: str | os.PathLike) -> tuple[dict, dict]:
     """``(state_dict of CPU tensors, meta)`` from a file written by :func:`save_weights`."""
-    import torch
-
     arrays, meta = load_arrays(path)
-    return {name: torch.from_numpy(array) for name, array in arrays.items()}, meta
+    return state_tensors(arrays), meta

@@ -24,7 +24,14 @@ import torch
 from torch import nn
 
 from .backbone import TRUNKS, backbone_name
-from .cache import config_hash, load_arrays, save_arrays, save_json_atomic
+from .cache import (
+    config_hash,
+    load_arrays,
+    save_arrays,
+    save_json_atomic,
+    state_arrays,
+    state_tensors,
+)
 from .detector import FORMAT_VERSION, NMS_IOU, SCALES, DetectorConfig, SPPNetDetector
 from .finetune import FG_FRACTION, FCHead, head_outputs, train_fc_head
 from .pretrain import pretrained_trunk, trunk_key
@@ -46,17 +53,12 @@ STAGE_SETTINGS = {
 class PipelineConfig:
     """Settings of every training stage; each stage's cache key hashes the ones it reads.
 
-    Trunk: ``backbone`` (``"zflite"`` or a torchvision name) and ``weights`` (a local
-    torchvision state-dict file; required for those). Extractor: ``extractor``
-    (``"spp"`` or ``"rcnn"``), ``scales`` (shorter image sides of the conv passes;
-    ``None``: :data:`~sppnet_lite.detector.SCALES` for ZFLite, the paper's five for a
-    224-px torchvision trunk), ``levels``, ``rule``. Data: ``classes`` (``None``: the
-    training split's), ``train_split``/``val_split`` (a missing val split is carved
-    out of the training split, ``val_fraction`` of it), ``max_train_images``; per
-    training image, every ground truth plus at most ``fg_per_image`` windows with IoU
-    ≥ ``fg_iou``, ``mid_per_image`` in ``bg_iou`` and ``low_per_image`` below it.
-    Thresholds: ``fg_iou``, ``bg_iou``, ``fg_fraction`` (fine-tuning),
-    ``svm_negative_iou``, ``regression_iou``, ``nms_iou`` (test time).
+    ``backbone``: ``"zflite"`` or a torchvision trunk with its local ``weights`` file;
+    ``scales``: ``None`` gives :data:`~sppnet_lite.detector.SCALES` for ZFLite, the paper's
+    five for a 224-px trunk; ``classes``: ``None`` takes the training split's; a missing
+    val split is ``val_fraction`` of the training split; per training image, every ground
+    truth plus at most ``fg_per_image`` windows with IoU ≥ ``fg_iou``, ``mid_per_image`` in
+    ``bg_iou`` and ``low_per_image`` below it. Every IoU threshold has one name here.
     """
 
     backbone: str = "zflite"
@@ -100,11 +102,10 @@ class PipelineConfig:
 class Pipeline:
     """Train a detector on the VOC-layout folder ``data_dir``, caching each stage in ``run_dir``.
 
-    The stages are public methods (chapters 07–10 call them one by one; :meth:`run`
-    calls them all and saves the detector: what ``sppnet-lite train`` runs). The stored windows go to ``windows_dir``
-    (default ``run_dir/windows``): pipelines that differ only in later stages'
-    settings may share it. ``notes`` collects what the pipeline decided for you
-    (where the class names and the validation images came from).
+    The stages are public methods: chapters 07–10 call them one by one; :meth:`run`, what
+    ``sppnet-lite train`` runs, calls them all and saves the detector. The stored windows go
+    to ``windows_dir`` (default ``run_dir/windows``), which pipelines that differ only in
+    later stages' settings may share. ``notes`` says what the pipeline decided for you.
     """
 
     def __init__(self, data_dir, run_dir, quick: bool | None = None, device="auto",
@@ -178,14 +179,6 @@ class Pipeline:
         return DetectorConfig(levels=tuple(cfg.levels), rule=cfg.rule, extractor=cfg.extractor,
                               scales=tuple(int(s) for s in scales), nms_iou=cfg.nms_iou)
 
-    def extractor(self):
-        if "extractor" not in self._memo:
-            from .detector import make_extractor
-
-            self._memo["extractor"] = make_extractor(self.backbone(), self.detector_config(),
-                                                     self.device)
-        return self._memo["extractor"]
-
     def proposals(self, split: str) -> list:
         """Cached selective-search boxes of every image of ``split``: (P, 4) arrays."""
         from .proposals import ensure_proposals
@@ -204,8 +197,8 @@ class Pipeline:
         or ``"regressor"``."""
         cfg = self.cfg
         kind = stage.split("-")[0]
-        if kind not in STAGE_SETTINGS or stage in ("svms", "windows") or (
-                kind == "svms" and stage not in ("svms-fc7", "svms-pool5")):
+        if not (stage.startswith("windows-") or stage in ("head", "svms-fc7", "svms-pool5",
+                                                          "regressor")):
             raise ValueError(f"stage must be windows-<split>, head, svms-fc7, svms-pool5 or "
                              f"regressor, got {stage!r}")
         settings = {name: getattr(cfg, name) for name in STAGE_SETTINGS[kind]}
@@ -247,6 +240,7 @@ class Pipeline:
         key = ("windows", split)
         if key in self._memo:
             return self._memo[key]
+        from .detector import make_extractor
         from .window_store import WindowStore
         from .windows import select_windows
 
@@ -259,9 +253,9 @@ class Pipeline:
             return select_windows(proposals[i], sample.boxes, sample.labels, sample.difficult,
                                   len(self.class_names), caps, rng, cfg.fg_iou, cfg.bg_iou)
 
-        extractor = self.extractor()
-        store = WindowStore.for_extractor(extractor, name=f"{split}-{self.stage_key(f'windows-{split}')[:8]}",
-                                          root=self.windows_dir)
+        extractor = make_extractor(self.backbone(), self.detector_config(), self.device)
+        name = f"{split}-{self.stage_key(f'windows-{split}')[:8]}"
+        store = WindowStore.for_extractor(extractor, name=name, root=self.windows_dir)
         store.build(ds, extractor, boxes_fn, progress=self.progress)
         self._memo[key] = store.load(list(ds.image_ids))
         return self._memo[key]
@@ -282,12 +276,11 @@ class Pipeline:
 
         def encode(value):
             head, history = value
-            return ({k: v.detach().cpu().numpy() for k, v in head.state_dict().items()},
-                    {"history": history, "in_dim": head.in_dim})
+            return state_arrays(head.state_dict()), {"history": history, "in_dim": head.in_dim}
 
         def decode(arrays, meta):
             head = FCHead(meta["in_dim"], len(self.class_names), cfg.hidden)
-            head.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()})
+            head.load_state_dict(state_tensors(arrays))
             return head.eval(), meta["history"]
 
         return self._cached("head", compute, encode, decode)
@@ -354,7 +347,6 @@ class Pipeline:
                                  self.device)
             if save:
                 det.save(self.run_dir)
-                self._save_run_record()
             self._memo["detector"] = det
         return self._memo["detector"]
 
@@ -376,7 +368,9 @@ class Pipeline:
             start = time.perf_counter()
             step()
             self.stage_seconds[name] = time.perf_counter() - start
-        self._save_run_record()
+        save_json_atomic(self.run_dir / "run.json", {  # what was decided, set and timed
+            "data": str(self.data_dir), "config": asdict(self.cfg), "notes": self.notes,
+            "classes": list(self.class_names), "stage_seconds": self.stage_seconds})
         return self.detector()
 
     def _check_run_dir(self) -> None:
@@ -390,12 +384,6 @@ class Pipeline:
             raise ValueError(f"run folder {str(self.run_dir)!r} holds a detector trained with "
                              f"backbone {backbone_name(saved)!r} and other weights; choose another "
                              "--out")
-
-    def _save_run_record(self) -> None:
-        """``run.json``: the data folder, every setting, the notes and the stage times."""
-        save_json_atomic(self.run_dir / "run.json", {
-            "data": str(self.data_dir), "config": asdict(self.cfg), "notes": self.notes,
-            "classes": list(self.class_names), "stage_seconds": self.stage_seconds})
 
     def _note(self, message: str) -> None:
         self.notes.append(message)
