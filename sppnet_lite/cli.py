@@ -15,6 +15,7 @@ from pathlib import Path
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 BACKBONES = ("zflite", "alexnet", "vgg16", "resnet18")  # sppnet_lite.backbone.BACKBONES, kept
 # here so that parsing the command line imports no torch
+METHODS = ("sppnet", "fast-rcnn")
 
 
 class CLIError(Exception):
@@ -55,14 +56,23 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train the detector (resumable)")
     train.add_argument("--data", type=Path, required=True, help="a VOC-layout folder")
     train.add_argument("--out", type=Path, required=True, help="run directory")
+    train.add_argument("--method", choices=METHODS, default="sppnet",
+                       help="sppnet: frozen trunk, FC fine-tuning, SVMs, box regressors (chapters "
+                            "07-10); fast-rcnn: one network trained end to end, conv3 and up "
+                            "included (chapter 11; recommended for your own photos)")
     train.add_argument("--quick", action="store_true")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     train.add_argument("--scales", type=scale_list, default=None, metavar="S1,S2,...",
                        help="shorter image sides of the conv passes, px (default: the five of "
                             "sppnet_lite.detector.SCALES for zflite, the paper's five for a "
-                            "torchvision trunk; one, e.g. 448, is faster)")
+                            "torchvision trunk; fast-rcnn trains at the middle one of them and "
+                            "detects at all five unless you give scales; one scale is faster)")
     train.add_argument("--iterations", type=int, default=None, metavar="N",
-                       help="FC fine-tuning mini-batches (default: 3000, 500 with --quick)")
+                       help="training mini-batches (sppnet: FC fine-tuning, default 3000, 500 "
+                            "with --quick; fast-rcnn: default 1600, 100 with --quick)")
+    train.add_argument("--checkpoint-seconds", type=float, default=60.0, metavar="S",
+                       help="fast-rcnn: save a resumable checkpoint at least this often "
+                            "(default 60)")
     _add_backbone_arguments(train, default="zflite")
     train.add_argument("--classes", type=name_list, default=None, metavar="A,B,...",
                        help="class names in label order (default: the folder's classes.txt, "
@@ -138,7 +148,6 @@ def cmd_train(args) -> int:
     _need_dir(args.data, "--data")
     weights = _need_weights(args)
     from . import config
-    from .pipeline import Pipeline, PipelineConfig
     from .voc import check_images
 
     changes = {"backbone": args.backbone, "weights": weights, "classes": args.classes}
@@ -148,11 +157,23 @@ def cmd_train(args) -> int:
         if args.iterations < 1:
             raise CLIError(f"--iterations must be at least 1, got {args.iterations}")
         changes["iterations"] = args.iterations
-    settings = PipelineConfig.default(args.quick, **changes)
-    pipeline = Pipeline(args.data, args.out, quick=args.quick, device=config.get_device(args.device),
-                        config=settings)
+    device = config.get_device(args.device)
+    if args.method == "fast-rcnn":
+        if args.scales:  # train and detect at the scales given
+            changes["test_scales"] = args.scales
+        from .fast_rcnn_training import FastRCNNConfig, FastRCNNPipeline
+
+        settings = FastRCNNConfig.default(args.quick, checkpoint_seconds=args.checkpoint_seconds,
+                                          **changes)
+        pipeline = FastRCNNPipeline(args.data, args.out, args.quick, device, settings)
+        inputs = pipeline.inputs
+    else:
+        from .pipeline import Pipeline, PipelineConfig
+
+        settings = PipelineConfig.default(args.quick, **changes)
+        pipeline = inputs = Pipeline(args.data, args.out, args.quick, device, settings)
     for split in (settings.train_split, settings.val_split):  # a bad image fails here, not later
-        check_images(pipeline.dataset(split))
+        check_images(inputs.dataset(split))
     detector = pipeline.run()
     print(f"trained detector for {len(detector.class_names)} classes "
           f"({', '.join(detector.class_names)}) saved to {args.out}")
@@ -171,9 +192,8 @@ def cmd_detect(args) -> int:
 
     from . import config
     from .cache import save_json_atomic
-    from .detector import SPPNetDetector
 
-    detector = _load_detector(SPPNetDetector, args, weights, config.get_device(args.device))
+    detector = _load_detector(args, weights, config.get_device(args.device))
     threshold = args.score_threshold
     if threshold is None:
         threshold = 0.0 if detector.config.score == "svm" else 0.5
@@ -196,11 +216,10 @@ def cmd_evaluate(args) -> int:
     weights = _need_weights(args)
     from . import config
     from .cache import save_json_atomic
-    from .detector import SPPNetDetector
     from .evaluate import evaluate_detector
     from .voc import VOCDataset
 
-    detector = _load_detector(SPPNetDetector, args, weights, config.get_device(args.device))
+    detector = _load_detector(args, weights, config.get_device(args.device))
     dataset = VOCDataset(args.data, args.split, classes=detector.class_names)
     if len(dataset) == 0:
         raise CLIError(f"--split {args.split!r} of {str(args.data)!r} lists no images")
@@ -282,10 +301,17 @@ def _need_weights(args) -> str | None:
     return str(args.weights)
 
 
-def _load_detector(cls, args, weights: str | None, device):
-    """The run's detector; ``--backbone`` / ``--weights``, when given, must match it."""
+def _load_detector(args, weights: str | None, device):
+    """The run's detector, SPP-net or Fast R-CNN as it was trained; ``--backbone`` /
+    ``--weights``, when given, must match it."""
     from .cache import file_hash
+    from .detector import SPPNetDetector, read_run_config
+    from .fast_rcnn import FastRCNNDetector
 
+    method = read_run_config(args.run).get("method", SPPNetDetector.METHOD)
+    cls = {SPPNetDetector.METHOD: SPPNetDetector, FastRCNNDetector.METHOD: FastRCNNDetector}.get(method)
+    if cls is None:
+        raise CLIError(f"--run {str(args.run)!r} holds a detector of unknown method {method!r}")
     return cls.load(args.run, device=device, backbone=args.backbone,
                     weights_hash=file_hash(weights, length=64) if weights else None)
 

@@ -94,16 +94,17 @@ def make_dataset(out_dir: str | os.PathLike, seed: int | None = None, quick: boo
     return out
 
 
-def ensure_dataset(quick: bool | None = None, root: str | os.PathLike | None = None) -> Path:
+def ensure_dataset(quick: bool | None = None, root: str | os.PathLike | None = None,
+                   recipe: dict | None = None) -> Path:
     """Return the default SynthVOC folder, generating it only if missing or stale.
 
-    ``data/synthvoc-quick`` or ``data/synthvoc-full`` (under ``config.DATA_DIR``). The
-    folder is regenerated when its ``recipe_hash.txt`` differs from the recipe's hash;
-    generation writes into a temporary folder renamed into place when complete.
-    Taught in chapter 04.
+    ``data/synthvoc-quick`` or ``data/synthvoc-full`` (under ``config.DATA_DIR``; another
+    ``recipe`` gives ``data/<its name>-...``). The folder is regenerated when its
+    ``recipe_hash.txt`` differs from the recipe's hash; generation writes into a
+    temporary folder renamed into place when complete. Taught in chapter 04.
     """
     quick = config.QUICK if quick is None else bool(quick)
-    recipe = load_recipe()
+    recipe = recipe or load_recipe()
     expected = recipe_hash(recipe, quick)
     target = Path(root) if root is not None else (
         config.DATA_DIR / f"{recipe['name']}-{'quick' if quick else 'full'}")
@@ -126,6 +127,16 @@ def ensure_dataset(quick: bool | None = None, root: str | os.PathLike | None = N
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def shifted_recipe() -> dict:
+    """SynthVOC's objects on a background family the trunk never saw in pretraining:
+    high-contrast gratings (sums of sinusoidal stripes) instead of photographs, gradients
+    and noise; smaller splits. The domain shift of chapter 11."""
+    recipe = load_recipe()
+    return {**recipe, "name": "synthvoc-gratings", "background_family": "gratings", "seed": 11,
+            "splits": {"full": {"train": 60, "val": 10, "test": 40},
+                       "quick": {"train": 16, "val": 4, "test": 8}}}
 
 
 # ----------------------------------------------------------------------------------------

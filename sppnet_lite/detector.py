@@ -181,6 +181,10 @@ class SPPNetDetector:
     Taught in chapter 10.
     """
 
+    METHOD = "sppnet"
+    """What ``sppnet-lite train --method`` trained (saved with the detector)."""
+    HEAD = FCHead
+
     def __init__(self, backbone: nn.Module, head: FCHead, class_names: Sequence[str],
                  svms: LinearSVMs | None = None, regressor: BoxRegressor | None = None,
                  config: DetectorConfig | None = None, device: str | torch.device = "cpu"):
@@ -218,6 +222,10 @@ class SPPNetDetector:
         # two thread pools wait on each other
         return WindowScores(x.float().numpy(), fc7.numpy(), softmax, svm)
 
+    def can_refine(self, scores: WindowScores) -> bool:
+        """Whether :meth:`refine` can move boxes (SPP-net: when box regressors were trained)."""
+        return self.regressor is not None
+
     def refine(self, scores: WindowScores, proposals, rows: np.ndarray, k: int) -> np.ndarray:
         """Class ``k``'s box regressor on windows ``rows``: refined ``(len(rows), 4)`` boxes."""
         return self.regressor.refine(scores.pooled[rows], as_boxes(proposals)[rows],
@@ -246,7 +254,7 @@ class SPPNetDetector:
             regression_s += time.perf_counter() - tic
             return boxes
 
-        use_regression = cfg.regression and self.regressor is not None
+        use_regression = cfg.regression and self.can_refine(scores)
         tic = time.perf_counter()
         dets = select_detections(proposals, class_scores, refine if use_regression else None,
                                  image_size, cfg.nms_iou, cfg.pre_nms_top, cfg.max_detections,
@@ -289,7 +297,7 @@ class SPPNetDetector:
             save_npz_atomic(directory / "svms.npz", **self.svms.to_arrays())
         if self.regressor is not None:
             save_npz_atomic(directory / "regressor.npz", **self.regressor.to_arrays())
-        meta = {"format": FORMAT_VERSION, "sppnet_lite": __version__,
+        meta = {"format": FORMAT_VERSION, "sppnet_lite": __version__, "method": self.METHOD,
                 "class_names": list(self.class_names), "config": self.config.to_json(),
                 "backbone": backbone_spec(self.backbone),
                 "head": {"in_dim": self.head.in_dim, "hidden": self.head.hidden,
@@ -308,6 +316,9 @@ class SPPNetDetector:
         ``FileNotFoundError`` when it is not a detector directory, ``ValueError`` for
         another format version or a mismatch."""
         meta = read_run_config(directory)
+        method = meta.get("method", SPPNetDetector.METHOD)
+        if method != cls.METHOD:
+            raise ValueError(f"run {str(directory)!r} holds a {method} detector, not {cls.METHOD}")
         spec = meta["backbone"]
         if backbone is not None and backbone != backbone_name(spec):
             raise ValueError(f"run {str(directory)!r} was trained with backbone "
@@ -320,7 +331,7 @@ class SPPNetDetector:
         trunk = build_backbone(spec)
         trunk.load_state_dict(load_weights(directory / "backbone.npz")[0])
         h = meta["head"]
-        head = FCHead(h["in_dim"], h["num_classes"], h["hidden"])
+        head = cls.HEAD(h["in_dim"], h["num_classes"], h["hidden"])
         head.load_state_dict(load_weights(directory / "head.npz")[0])
         svms = LinearSVMs.from_arrays(load_npz(directory / "svms.npz")) if meta["has_svms"] else None
         regressor = (BoxRegressor.from_arrays(load_npz(directory / "regressor.npz"))

@@ -218,19 +218,63 @@ class Pipeline:
         return config_hash({"stage": stage, "format": FORMAT_VERSION, "settings": settings,
                             "inputs": inputs})
 
-    def _cached(self, stage: str, compute, encode, decode):
+    def _cached(self, stage: str, needs, compute, encode, decode):
         """Memo, else the stage file ``stages/<stage>-<key>.npz``, else compute and save it.
 
+        ``needs()`` fetches the stage's inputs first, so that the seconds ``compute()``
+        takes — saved with the stage, see :meth:`training_seconds` — are this stage's own.
         ``encode(value) -> (arrays, meta)`` and ``decode(arrays, meta) -> value``."""
         if stage not in self._memo:
             path = self.run_dir / "stages" / f"{stage}-{self.stage_key(stage)}.npz"
+            value = None
             if path.is_file():
-                value = decode(*load_arrays(path))
-            else:
+                try:
+                    arrays, meta = load_arrays(path)
+                    value = decode(arrays, meta)
+                except (ValueError, RuntimeError, KeyError):  # damaged or from an older layout
+                    path.unlink(missing_ok=True)
+            if value is None:
+                needs()
+                tic = time.perf_counter()
                 value = compute()
-                save_arrays(path, *encode(value))
+                arrays, meta = encode(value)
+                meta = {**meta, "seconds": time.perf_counter() - tic}
+                save_arrays(path, arrays, meta)
             self._memo[stage] = value
+            self._memo[("seconds", stage)] = meta.get("seconds")
         return self._memo[stage]
+
+    def window_bytes(self) -> int:
+        """Disk used by the stored windows of the training and validation splits (bytes)."""
+        return sum(path.stat().st_size for split in (self.cfg.train_split, self.cfg.val_split)
+                   for path in self.window_store(split).dir.iterdir() if path.is_file())
+
+    def window_store(self, split: str):
+        """The :class:`~sppnet_lite.window_store.WindowStore` that holds (or will hold, once
+        :meth:`windows` has run) ``split``'s windows: named by the windows stage's key and
+        the extractor's settings, so opening it computes nothing."""
+        key = ("store", split)
+        if key not in self._memo:
+            from .detector import make_extractor
+            from .window_store import WindowStore
+
+            extractor = make_extractor(self.backbone(), self.detector_config(), self.device)
+            name = f"{split}-{self.stage_key(f'windows-{split}')[:8]}"
+            self._memo[key] = WindowStore.for_extractor(extractor, name=name, root=self.windows_dir)
+        return self._memo[key]
+
+    def training_seconds(self) -> dict:
+        """Seconds each training stage took when it was computed (cached stages report the
+        time recorded then): ``windows`` (choosing, pooling and storing the training and
+        validation windows), ``head``, ``svms``, ``regressor``; ``None`` where unrecorded.
+        Proposals and the trunk's pretraining are not included. Taught in chapter 11."""
+        self.detector(save=False)
+        splits = (self.cfg.train_split, self.cfg.val_split)
+        windows = [self.window_store(split).build_seconds(list(self.dataset(split).image_ids))
+                   for split in splits]
+        return {"windows": None if None in windows else sum(windows),
+                **{name: self._memo[("seconds", stage)] for name, stage in
+                   (("head", "head"), ("svms", "svms-fc7"), ("regressor", "regressor"))}}
 
     # -------------------------------------------------------------- stage 1: windows
     def windows(self, split: str) -> dict:
@@ -241,7 +285,6 @@ class Pipeline:
         if key in self._memo:
             return self._memo[key]
         from .detector import make_extractor
-        from .window_store import WindowStore
         from .windows import select_windows
 
         cfg = self.cfg
@@ -253,10 +296,9 @@ class Pipeline:
             return select_windows(proposals[i], sample.boxes, sample.labels, sample.difficult,
                                   len(self.class_names), caps, rng, cfg.fg_iou, cfg.bg_iou)
 
-        extractor = make_extractor(self.backbone(), self.detector_config(), self.device)
-        name = f"{split}-{self.stage_key(f'windows-{split}')[:8]}"
-        store = WindowStore.for_extractor(extractor, name=name, root=self.windows_dir)
-        store.build(ds, extractor, boxes_fn, progress=self.progress)
+        store = self.window_store(split)
+        store.build(ds, make_extractor(self.backbone(), self.detector_config(), self.device),
+                    boxes_fn, progress=self.progress)
         self._memo[key] = store.load(list(ds.image_ids))
         return self._memo[key]
 
@@ -283,7 +325,8 @@ class Pipeline:
             head.load_state_dict(state_tensors(arrays))
             return head.eval(), meta["history"]
 
-        return self._cached("head", compute, encode, decode)
+        return self._cached("head", lambda: (self.windows(cfg.train_split),
+                                             self.windows(cfg.val_split)), compute, encode, decode)
 
     def fc7(self, split: str) -> np.ndarray:
         """fc7 activations (N, hidden) float32 of the stored windows of ``split``."""
@@ -315,7 +358,9 @@ class Pipeline:
             svms.history = meta["history"]
             return svms
 
-        return self._cached(f"svms-{on}", compute,
+        needs = (lambda: (self.windows(cfg.train_split), self.head())) if on == "fc7" else (
+            lambda: self.windows(cfg.train_split))
+        return self._cached(f"svms-{on}", needs, compute,
                             lambda svms: (svms.to_arrays(), {"history": svms.history}), decode)
 
     # -------------------------------------------------------------- stage 4: box regression
@@ -333,7 +378,7 @@ class Pipeline:
                                        train["labels"][rows], targets, len(self.class_names),
                                        alpha=cfg.regression_alpha)
 
-        return self._cached("regressor", compute, lambda reg: (reg.to_arrays(), {}),
+        return self._cached("regressor", lambda: self.windows(cfg.train_split), compute, lambda reg: (reg.to_arrays(), {}),
                             lambda arrays, meta: BoxRegressor.from_arrays(arrays))
 
     # -------------------------------------------------------------- the detector
@@ -341,7 +386,7 @@ class Pipeline:
         """The trained detector (training what is not cached yet), saved into ``run_dir``."""
         if "detector" not in self._memo:
             if save:
-                self._check_run_dir()
+                self.check_run_dir()
             det = SPPNetDetector(self.backbone(), self.head()[0], self.class_names,
                                  self.svms("fc7"), self.regressor(), self.detector_config(),
                                  self.device)
@@ -354,7 +399,7 @@ class Pipeline:
         """Every stage in order, with a progress bar over the stages."""
         from tqdm.auto import tqdm
 
-        self._check_run_dir()
+        self.check_run_dir()
         splits = (self.cfg.train_split, self.cfg.val_split)
         steps = [("dataset", lambda: [self.dataset(s) for s in splits]),
                  ("backbone", self.backbone),
@@ -373,7 +418,7 @@ class Pipeline:
             "classes": list(self.class_names), "stage_seconds": self.stage_seconds})
         return self.detector()
 
-    def _check_run_dir(self) -> None:
+    def check_run_dir(self) -> None:
         """Refuse to overwrite a run trained with another trunk."""
         path = self.run_dir / "config.json"
         if not path.is_file():

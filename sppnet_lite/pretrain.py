@@ -64,7 +64,11 @@ def load_checkpoint(path: str | os.PathLike, expected_hash: str | None = None,
                          f"expected {expected_hash!r}: it was trained with other settings; "
                          "delete it or rerun ensure_pretrained()")
     model = ZFLite(meta["model_config"]["widths"])
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:  # missing, unexpected or misshapen weights
+        raise ValueError(f"checkpoint {str(path)!r} does not hold ZFLite's weights "
+                         f"({str(err).strip().splitlines()[0]}); delete it and rerun") from None
     model.checkpoint_hash = meta["config_hash"]
     model.pretrain_info = meta.get("info", {})
     return model.to(device or "cpu").eval()

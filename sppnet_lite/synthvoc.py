@@ -115,6 +115,8 @@ def _photos() -> list[np.ndarray]:
 
 
 def _background(rng, recipe, width, height) -> np.ndarray:
+    if recipe.get("background_family", "synthvoc") == "gratings":
+        return _gratings(rng, width, height)
     xx = np.arange(width, dtype=np.float32)[None, :] / width
     yy = np.arange(height, dtype=np.float32)[:, None] / height
     angle = rng.uniform(0, 2 * np.pi)
@@ -154,6 +156,20 @@ def _background(rng, recipe, width, height) -> np.ndarray:
         tint = cv2.resize(cv2.GaussianBlur(tint, (0, 0), 2.5), (width, height))
         weight = cv2.resize(cv2.GaussianBlur(weight, (0, 0), 2.5), (width, height))
         image = image * (1 - weight[..., None]) + tint
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _gratings(rng, width, height) -> np.ndarray:
+    """Two or three sinusoidal stripe patterns (period 6–24 px, any orientation), each in
+    its own colour, summed at high contrast: edges everywhere, unlike any pretraining scene."""
+    xx = np.arange(width, dtype=np.float32)[None, :]
+    yy = np.arange(height, dtype=np.float32)[:, None]
+    image = np.zeros((height, width, 3), np.float32) + rng.uniform(40, 215, 3).astype(np.float32)
+    for _ in range(int(rng.integers(2, 4))):
+        angle, period = rng.uniform(0, np.pi), rng.uniform(6, 24)
+        phase = np.float32(np.cos(angle)) * xx + np.float32(np.sin(angle)) * yy
+        wave = np.sin(2 * np.pi * phase / np.float32(period) + np.float32(rng.uniform(0, 6.3)))
+        image += wave[..., None] * rng.uniform(-70, 70, 3).astype(np.float32)
     return np.clip(image, 0, 255).astype(np.uint8)
 
 

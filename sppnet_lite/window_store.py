@@ -143,12 +143,16 @@ class WindowStore:
         (float ``(K, 4)``) or a dict with ``"boxes"`` and extra arrays. Entries whose
         boxes, extra arrays or image content changed are recomputed; an interrupted
         build resumes.
-        Writes ``index.json`` (image id → number of boxes) at the end.
+        Writes ``index.json`` (image id → number of boxes) and ``seconds.json`` (image id →
+        seconds its entry took to compute, kept from earlier builds) at the end.
         """
+        import time
+
         from tqdm.auto import tqdm
 
-        index = {}
+        index, seconds = {}, self._seconds()
         for i in tqdm(range(len(dataset)), desc="pool windows", disable=not progress):
+            tic = time.perf_counter()
             sample = dataset[i]
             chosen = boxes_fn(i, sample)
             extra = dict(chosen) if isinstance(chosen, dict) else {"boxes": chosen}
@@ -156,9 +160,24 @@ class WindowStore:
             image_hash = array_hash(sample.image)
             if not self.has(sample.image_id, boxes, image_hash, extra):
                 self.put(sample.image_id, extractor(sample.image, boxes), boxes, image_hash, **extra)
+                seconds[sample.image_id] = time.perf_counter() - tic
             index[sample.image_id] = len(boxes)
+        save_json_atomic(self.dir / "seconds.json", seconds)
         save_json_atomic(self.dir / "index.json", index)
         return self
+
+    def build_seconds(self, image_ids: Sequence[str]) -> float | None:
+        """Seconds it took to compute the entries of ``image_ids`` (choosing the windows,
+        the conv passes, pooling and writing), as recorded when they were built; ``None``
+        when some entry's time was not recorded (e.g. its build was interrupted)."""
+        seconds = self._seconds()
+        return float(sum(seconds[i] for i in image_ids)) if all(i in seconds for i in image_ids) else None
+
+    def _seconds(self) -> dict:
+        import json
+
+        path = self.dir / "seconds.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
 
     def _safe(self, image_id: str) -> str:
         image_id = str(image_id)

@@ -5,6 +5,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
+import torch
 
 
 def tiny_recipe():
@@ -58,3 +59,36 @@ def boxes():
     """Four windows of :func:`image`, from the whole image to a 3×3 one."""
     return np.array([[0, 0, 64, 48], [4, 4, 20, 28], [30, 10, 33, 13], [40, 20, 64, 48]],
                     np.float32)
+
+
+@pytest.fixture
+def fast(monkeypatch):
+    """A tiny ZFLite in place of the pretrained one and jittered ground truth in place of
+    selective search, so a whole pipeline runs in seconds."""
+    from sppnet_lite import pretrain
+    from sppnet_lite.backbone import ZFLite
+    from sppnet_lite.cache import config_hash
+    from sppnet_lite.pipeline import Pipeline
+
+    def tiny_trunk(quick=None, device=None, progress=True):
+        torch.manual_seed(0)
+        trunk = ZFLite((8, 8, 8, 8, 8)).eval()
+        trunk.checkpoint_hash = config_hash(pretrain.pretrain_config(quick))
+        return trunk
+
+    def jittered_proposals(self, split):
+        ds = self.dataset(split)
+        out = []
+        for i in range(len(ds)):
+            rng = np.random.default_rng([7, i])
+            gt = ds.annotation(i).boxes
+            near = np.repeat(gt, 6, axis=0) + rng.normal(0, 8, (6 * len(gt), 4))
+            xy = rng.uniform(0, 150, (20, 2))
+            far = np.concatenate([xy, xy + rng.uniform(20, 80, (20, 2))], 1)
+            boxes = np.concatenate([near, far]).astype(np.float32)
+            boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2] + 4)
+            out.append(boxes)
+        return out
+
+    monkeypatch.setattr(pretrain, "ensure_pretrained", tiny_trunk)
+    monkeypatch.setattr(Pipeline, "proposals", jittered_proposals)

@@ -210,3 +210,46 @@ def test_own_photos_on_a_torchvision_trunk_and_a_killed_run_resumes_identically(
     other.write_bytes(weights.read_bytes() + b"\0")
     assert run_cli("detect", "--run", whole, *images, "--out", tmp_path / "c.json",
                    "--backbone", "resnet18", "--weights", other) == 2
+
+
+@pytest.mark.slow
+def test_fast_rcnn_from_the_command_line_resumes_a_killed_run_identically(photo_like_voc, tmp_path):
+    weights = write_resnet18(tmp_path)
+    env = {**os.environ, "SPPNET_BUILD": str(tmp_path / "build"), "SPPNET_DEVICE": "cpu"}
+    train = [sys.executable, "-m", "sppnet_lite.cli", "train", "--method", "fast-rcnn",
+             "--data", str(photo_like_voc), "--quick", "--backbone", "resnet18", "--weights",
+             str(weights), "--scales", "160", "--iterations", "40", "--checkpoint-seconds", "0"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    out = subprocess.run([*train, "--out", str(whole)], env=env, capture_output=True, text=True,
+                         timeout=900, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = json.loads((whole / "run.json").read_text())
+    assert record["method"] == "fast-rcnn" and record["classes"] == ["hedgehog"]
+    assert not (whole / "windows").exists()  # one stage: no window vectors on disk
+
+    proc = subprocess.Popen([*train, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not list(killed.glob("stages/fast-rcnn-*.npz")) and time.monotonic() < deadline:
+        assert proc.poll() is None, "training ended before it could be interrupted"
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.kill()
+    proc.wait()
+    assert not (killed / "config.json").exists()
+    out = subprocess.run([*train, "--out", str(killed)], env=env, capture_output=True, text=True,
+                         timeout=900, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for name in ("head.npz", "backbone.npz"):
+        a, b = np.load(whole / name), np.load(killed / name)
+        for key in a.files:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}:{key}")
+
+    images = sorted((photo_like_voc / "JPEGImages").glob("test_*.jpg"))[:2]
+    detections = [tmp_path / "a.json", tmp_path / "b.json"]
+    for run, path in zip((whole, killed), detections):
+        assert run_cli("detect", "--run", run, *images, "--out", path, "--score-threshold", "0",
+                       "--backbone", "resnet18", "--weights", weights) == 0
+    assert json.loads(detections[0].read_text()) == json.loads(detections[1].read_text())
+    assert run_cli("evaluate", "--run", whole, "--data", photo_like_voc, "--split", "test") == 0
+    assert set(json.loads((whole / "evaluation_test.json").read_text())["ap"]) == {"hedgehog"}

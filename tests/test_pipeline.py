@@ -10,38 +10,6 @@ from sppnet_lite import pipeline as pl
 from sppnet_lite.pipeline import Pipeline, PipelineConfig
 
 
-@pytest.fixture
-def fast(monkeypatch):
-    """A tiny ZFLite in place of the pretrained one and jittered ground truth in place of
-    selective search, so a whole pipeline runs in seconds."""
-    from sppnet_lite import pretrain
-    from sppnet_lite.backbone import ZFLite
-    from sppnet_lite.cache import config_hash
-
-    def tiny_trunk(quick=None, device=None, progress=True):
-        torch.manual_seed(0)
-        trunk = ZFLite((8, 8, 8, 8, 8)).eval()
-        trunk.checkpoint_hash = config_hash(pretrain.pretrain_config(quick))
-        return trunk
-
-    def jittered_proposals(self, split):
-        ds = self.dataset(split)
-        out = []
-        for i in range(len(ds)):
-            rng = np.random.default_rng([7, i])
-            gt = ds.annotation(i).boxes
-            near = np.repeat(gt, 6, axis=0) + rng.normal(0, 8, (6 * len(gt), 4))
-            xy = rng.uniform(0, 150, (20, 2))
-            far = np.concatenate([xy, xy + rng.uniform(20, 80, (20, 2))], 1)
-            boxes = np.concatenate([near, far]).astype(np.float32)
-            boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2] + 4)
-            out.append(boxes)
-        return out
-
-    monkeypatch.setattr(pretrain, "ensure_pretrained", tiny_trunk)
-    monkeypatch.setattr(Pipeline, "proposals", jittered_proposals)
-
-
 def tiny_config(**changes):
     settings = {"scales": (160,), "iterations": 60, "batch_size": 32, "hidden": 32,
                 "svm_cache": 500, "val_windows": 200, **changes}
@@ -73,7 +41,11 @@ def test_stage_keys_follow_the_settings_they_read(tiny_voc, tmp_path, fast):
 
 
 def test_run_caches_every_stage_and_a_rerun_computes_nothing(tiny_voc, tmp_path, fast, monkeypatch):
-    first = make(tiny_voc, tmp_path / "run").run()
+    pipe = make(tiny_voc, tmp_path / "run")
+    first = pipe.run()
+    seconds = pipe.training_seconds()
+    assert set(seconds) == {"windows", "head", "svms", "regressor"}
+    assert all(value > 0 for value in seconds.values())
     saved = json.loads((tmp_path / "run" / "run.json").read_text())
     assert saved["classes"] == list(first.class_names) and saved["config"]["iterations"] == 60
     for name in ("train_fc_head", "head_outputs"):
@@ -84,6 +56,8 @@ def test_run_caches_every_stage_and_a_rerun_computes_nothing(tiny_voc, tmp_path,
     monkeypatch.setattr(window_store.WindowStore, "put", lambda *a, **k: pytest.fail("re-pooled"))
     again = make(tiny_voc, tmp_path / "run")
     second = again.run()
+    assert again.training_seconds() == seconds  # as recorded when each stage was computed
+    assert make(tiny_voc, tmp_path / "run").training_seconds() == seconds  # without run() first
     sample = again.dataset("test")[0]
     boxes = again.proposals("test")[0]
     a, b = first.detect(sample.image, boxes, score_threshold=-5), second.detect(sample.image, boxes,
@@ -137,3 +111,13 @@ def test_config_checks():
         Pipeline(".", "run", quick=True, device="cpu", config=tiny_config(backbone="zf5"))
     with pytest.raises(ValueError, match="extractor must be"):
         Pipeline(".", "run", quick=True, device="cpu", config=tiny_config(extractor="warp"))
+
+
+def test_a_stage_file_of_another_layout_is_recomputed_not_served(tiny_voc, tmp_path, fast):
+    from sppnet_lite.cache import save_arrays
+
+    make(tiny_voc, tmp_path / "run").head()
+    (path,) = (tmp_path / "run" / "stages").glob("head-*.npz")
+    save_arrays(path, {"w:fc6.weight": np.zeros(3, np.float32)}, {"history": {}, "in_dim": 3})
+    head, _ = make(tiny_voc, tmp_path / "run").head()
+    assert head.fc6.weight.shape[1] > 3 and "w:fc6.weight" not in np.load(path).files

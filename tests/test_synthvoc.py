@@ -72,3 +72,18 @@ def test_single_object(recipe, seed):
     again = render_single_object(np.random.default_rng(seed), recipe, 120, 90, 60)
     np.testing.assert_array_equal(again[0], image)
     assert list(again[1]) == list(box) and again[2] == label
+
+
+def test_the_shifted_recipe_draws_gratings_the_pretraining_never_saw():
+    from sppnet_lite.data import shifted_recipe
+
+    shifted = shifted_recipe()
+    assert shifted["name"] != load_recipe()["name"] and shifted["classes"] == load_recipe()["classes"]
+    image, objects = render_scene(np.random.default_rng(0), shifted)
+    assert objects and image.dtype == np.uint8
+    # stripes: neighbouring pixels differ strongly everywhere, unlike smooth gradients
+    grey = image.astype(np.float32).mean(2)
+    plain, _ = render_scene(np.random.default_rng(0), load_recipe())
+    plain_grey = plain.astype(np.float32).mean(2)
+    edges = lambda g: np.abs(np.diff(g, axis=1)).mean() + np.abs(np.diff(g, axis=0)).mean()
+    assert edges(grey) > edges(plain_grey)
