@@ -244,11 +244,6 @@ class Pipeline:
             self._memo[("seconds", stage)] = meta.get("seconds")
         return self._memo[stage]
 
-    def window_bytes(self) -> int:
-        """Disk used by the stored windows of the training and validation splits (bytes)."""
-        return sum(path.stat().st_size for split in (self.cfg.train_split, self.cfg.val_split)
-                   for path in self.window_store(split).dir.iterdir() if path.is_file())
-
     def window_store(self, split: str):
         """The :class:`~sppnet_lite.window_store.WindowStore` that holds (or will hold, once
         :meth:`windows` has run) ``split``'s windows: named by the windows stage's key and

@@ -173,6 +173,10 @@ class WindowStore:
         seconds = self._seconds()
         return float(sum(seconds[i] for i in image_ids)) if all(i in seconds for i in image_ids) else None
 
+    def disk_bytes(self) -> int:
+        """Bytes the store's files take on disk."""
+        return sum(path.stat().st_size for path in self.dir.iterdir() if path.is_file())
+
     def _seconds(self) -> dict:
         import json
 

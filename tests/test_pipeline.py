@@ -46,6 +46,8 @@ def test_run_caches_every_stage_and_a_rerun_computes_nothing(tiny_voc, tmp_path,
     seconds = pipe.training_seconds()
     assert set(seconds) == {"windows", "head", "svms", "regressor"}
     assert all(value > 0 for value in seconds.values())
+    store = pipe.window_store("train")
+    assert store.disk_bytes() == sum(p.stat().st_size for p in store.dir.iterdir()) > 0
     saved = json.loads((tmp_path / "run" / "run.json").read_text())
     assert saved["classes"] == list(first.class_names) and saved["config"]["iterations"] == 60
     for name in ("train_fc_head", "head_outputs"):
