@@ -3,10 +3,10 @@
 Follows the VOC devkit (``VOCevaldet.m``) and its Python port in the R-CNN code:
 detections of one class are sorted by score; each is matched to its
 best-overlapping ground truth of that class: a true positive when that IoU exceeds
-the threshold and the ground truth is not yet claimed, a false positive otherwise
-(a second hit on a claimed object included); detections matched to a ``difficult``
-ground truth count as neither, and difficult objects are not in the recall
-denominator. AP is the VOC2007 11-point interpolated average (``use_07_metric``)
+the threshold and that ground truth is not yet claimed, a false positive otherwise
+(a second hit on a claimed object included, even if another object overlaps it
+less); detections matched to a ``difficult`` ground truth count as neither, and
+difficult objects are not in the recall denominator. AP is the VOC2007 11-point interpolated average (``use_07_metric``)
 or the all-point area under the interpolated curve (VOC2010+).
 Boxes are x1y1x2y2 pixels with continuous coordinates (the devkit adds 1 to
 widths; our generated data uses continuous boxes). Taught in chapter 10.
