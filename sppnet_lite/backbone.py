@@ -238,7 +238,7 @@ class Classifier(nn.Module):
     ``head="fc"`` max-pools conv5 with a 2×2/2 window and flattens: it needs the
     input size it was built for (``fixed_size``; 96 → conv5 6×6 → 3×3 bins).
     ``head="spp"`` pools a pyramid (``levels``) and accepts any size. The
-    pretraining network and chapter 04's four classifiers. Taught in chapter 04.
+    pretraining network and chapter 04's classifiers. Taught in chapter 04.
     """
 
     def __init__(self, trunk: nn.Module, num_classes: int, head: str = "spp",

@@ -22,6 +22,7 @@ Taught in chapter 10.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -196,6 +197,15 @@ class SPPNetDetector:
         self.device = torch.device(device)
         self.extractor = make_extractor(self.backbone, self.config, self.device)
         self.last_timing: dict = {}
+
+    def at_scales(self, scales) -> SPPNetDetector:
+        """The same trained detector (weights shared, not copied) pooling its windows at
+        ``scales`` (shorter image sides, px) instead: chapter 10's test-scale sweep."""
+        other = copy.copy(self)
+        other.config = replace(self.config, scales=tuple(int(s) for s in scales))
+        other.extractor = make_extractor(self.backbone, other.config, self.device)
+        other.last_timing = {}
+        return other
 
     def pool(self, image: np.ndarray, proposals) -> torch.Tensor:
         """``pooled`` (R, D) float32 vectors of ``proposals`` (R, 4) in ``image``: the conv

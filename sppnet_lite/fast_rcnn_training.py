@@ -303,13 +303,15 @@ class FastRCNNPipeline:
                         self.cfg.fine_tune_from).to(self.device)
 
     def new_optimiser(self, model: FastRCNN) -> torch.optim.Optimizer:
-        """Adam over the head (``lr``) and the trainable conv layers (``trunk_lr``)."""
+        """Adam over the head (``lr``) and the trainable conv layers (``trunk_lr``), fused into
+        one kernel per step as chapter 07's fine-tuning is (several times faster on a CPU)."""
         cfg = self.cfg
         groups = [{"params": list(model.head.parameters()), "lr": cfg.lr, "initial_lr": cfg.lr}]
         trunk = [p for p in model.trunk.parameters() if p.requires_grad]
         if trunk:
             groups.append({"params": trunk, "lr": cfg.trunk_lr, "initial_lr": cfg.trunk_lr})
-        return torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(groups, weight_decay=cfg.weight_decay,
+                                fused=torch.device(self.device).type in ("cpu", "cuda"))
 
 
 def _set_input_scale(model: FastRCNN, ds, rois: list, cfg: FastRCNNConfig, images: int = 8) -> None:

@@ -112,6 +112,13 @@ def pretrain_config(quick: bool | None = None) -> dict:
     }
 
 
+def checkpoint_path(quick: bool | None = None) -> Path:
+    """Where :func:`ensure_pretrained` keeps the pretrained ZFLite of this mode:
+    ``config.CACHE_DIR / "checkpoints" / <hash of its settings>.npz`` (the file may not
+    exist yet; its stem is the hash :func:`load_checkpoint` expects)."""
+    return config.CACHE_DIR / "checkpoints" / f"{config_hash(pretrain_config(quick))}.npz"
+
+
 def ensure_pretrained(quick: bool | None = None, device: torch.device | str | None = None,
                       progress: bool = True) -> ZFLite:
     """Return the pretrained ZFLite (eval mode, ``.checkpoint_hash`` set).
@@ -122,8 +129,8 @@ def ensure_pretrained(quick: bool | None = None, device: torch.device | str | No
     file). Taught in chapter 04.
     """
     cfg = pretrain_config(quick)
-    digest = config_hash(cfg)
-    path = config.CACHE_DIR / "checkpoints" / f"{digest}.npz"
+    path = checkpoint_path(quick)
+    digest = path.stem
     device = config.get_device() if device is None else torch.device(device)
     if path.is_file():
         try:

@@ -115,8 +115,6 @@ def _photos() -> list[np.ndarray]:
 
 
 def _background(rng, recipe, width, height) -> np.ndarray:
-    if recipe.get("background_family", "synthvoc") == "gratings":
-        return _gratings(rng, width, height)
     xx = np.arange(width, dtype=np.float32)[None, :] / width
     yy = np.arange(height, dtype=np.float32)[:, None] / height
     angle = rng.uniform(0, 2 * np.pi)
@@ -156,20 +154,6 @@ def _background(rng, recipe, width, height) -> np.ndarray:
         tint = cv2.resize(cv2.GaussianBlur(tint, (0, 0), 2.5), (width, height))
         weight = cv2.resize(cv2.GaussianBlur(weight, (0, 0), 2.5), (width, height))
         image = image * (1 - weight[..., None]) + tint
-    return np.clip(image, 0, 255).astype(np.uint8)
-
-
-def _gratings(rng, width, height) -> np.ndarray:
-    """Two or three sinusoidal stripe patterns (period 6–24 px, any orientation), each in
-    its own colour, summed at high contrast: edges everywhere, unlike any pretraining scene."""
-    xx = np.arange(width, dtype=np.float32)[None, :]
-    yy = np.arange(height, dtype=np.float32)[:, None]
-    image = np.zeros((height, width, 3), np.float32) + rng.uniform(40, 215, 3).astype(np.float32)
-    for _ in range(int(rng.integers(2, 4))):
-        angle, period = rng.uniform(0, np.pi), rng.uniform(6, 24)
-        phase = np.float32(np.cos(angle)) * xx + np.float32(np.sin(angle)) * yy
-        wave = np.sin(2 * np.pi * phase / np.float32(period) + np.float32(rng.uniform(0, 6.3)))
-        image += wave[..., None] * rng.uniform(-70, 70, 3).astype(np.float32)
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
@@ -283,7 +267,10 @@ def _rasterise(rng, recipe, label, cx, cy, w, h, width, height) -> dict | None:
 def _paint_object(rng, recipe, image, obj) -> None:
     x1, y1, x2, y2 = obj["box"]
     region = image[y1:y2, x1:x2]
-    alpha = obj["mask"][y1:y2, x1:x2].astype(np.float32)[..., None] / 255.0
+    mask = obj["mask"]
+    if recipe.get("object_style", "filled") == "outline":  # chapter 11's domain shift
+        mask = _outline(mask, recipe["outline_px"])
+    alpha = mask[y1:y2, x1:x2].astype(np.float32)[..., None] / 255.0
     bg = region.reshape(-1, 3).astype(np.float32).mean(0)
     lum_bg = float(bg @ [0.299, 0.587, 0.114])
     colour = np.array(_random_colour(rng), np.float32)
@@ -308,6 +295,14 @@ def _paint_object(rng, recipe, image, obj) -> None:
     fill = fill + rng.normal(0, 6, (h, w, 1)).astype(np.float32)
     out = region.astype(np.float32) * (1 - alpha) + np.clip(fill, 0, 255) * alpha
     region[...] = np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _outline(mask: np.ndarray, width: int) -> np.ndarray:
+    """The band of ``mask`` (uint8 ``(H, W)``) within ``width`` px of its edge, holes
+    included: the shape drawn as a line. The image border is not an edge, so a truncated
+    shape stays open there."""
+    inner = cv2.erode(mask, np.ones((2 * width + 1, 2 * width + 1), np.uint8))
+    return cv2.subtract(mask, inner)
 
 
 def _add_noise(rng, image, sigma) -> np.ndarray:

@@ -48,13 +48,17 @@ def draw_boxes(ax, boxes, labels: Sequence[int] | None = None, scores: Sequence[
                     bbox={"facecolor": edge, "alpha": 0.8, "pad": 1, "edgecolor": "none"})
 
 
-def draw_bins(ax, height: int, width: int, row_bins, col_bins, title: str | None = None) -> int:
+def draw_bins(ax, height: int, width: int, row_bins, col_bins, title: str | None = None,
+              values: np.ndarray | None = None, cmap: str = "viridis") -> int:
     """Draw a ``height × width`` feature map as a grid of cells with pyramid bins on top.
 
     ``row_bins``/``col_bins`` are half-open ``(start, end)`` cell ranges, e.g. from
-    :func:`sppnet_lite.spp_numpy.pyramid_bins`. Each bin is outlined in its own colour
-    (slightly inset, so overlapping bins stay visible); cells that no bin covers are
-    shaded red. Returns the number of uncovered cells. Taught in chapter 02.
+    :func:`sppnet_lite.spp_numpy.pyramid_bins`. Each bin is outlined in its own colour,
+    ``PALETTE[(i · len(col_bins) + j) % len(PALETTE)]`` for bin ``(i, j)`` (slightly inset,
+    so overlapping bins stay visible); cells that no bin covers are shaded red. The cells
+    are plain grey, or show ``values`` (one channel, ``(height, width)``) in ``cmap``
+    scaled from its minimum to its maximum. Cell ``(r, c)`` spans ``[c, c + 1] × [r, r + 1]``
+    in the axes' coordinates. Returns the number of uncovered cells. Taught in chapter 02.
     """
     from matplotlib import patches
     from matplotlib.colors import ListedColormap
@@ -63,9 +67,18 @@ def draw_bins(ax, height: int, width: int, row_bins, col_bins, title: str | None
     for r0, r1 in row_bins:
         for c0, c1 in col_bins:
             covered[r0:r1, c0:c1] = True
-    ax.imshow(~covered, cmap=ListedColormap(["#f2f2f2", "#f8b4b4"]), vmin=0, vmax=1,
-              extent=(0, width, height, 0), interpolation="nearest")
-    if max(height, width) <= 64:  # cell lines only while a reader can still see them
+    extent = (0, width, height, 0)
+    if values is None:
+        ax.imshow(~covered, cmap=ListedColormap(["#f2f2f2", "#f8b4b4"]), vmin=0, vmax=1,
+                  extent=extent, interpolation="nearest")
+    else:
+        ax.imshow(np.asarray(values, dtype=float), cmap=cmap, extent=extent,
+                  interpolation="nearest")
+        ax.imshow(np.ma.masked_where(covered, np.ones_like(covered, dtype=float)),
+                  cmap=ListedColormap(["#e74c3c"]), alpha=0.6, extent=extent,
+                  interpolation="nearest")
+    # cell lines only while a reader can still see them, and not over the values they would hide
+    if max(height, width) <= (64 if values is None else 24):
         ax.vlines(np.arange(width + 1), 0, height, color="#c8c8c8", linewidth=0.4)
         ax.hlines(np.arange(height + 1), 0, width, color="#c8c8c8", linewidth=0.4)
     inset = 0.08 * min(1.0, 20 / max(height, width))

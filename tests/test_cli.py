@@ -218,7 +218,7 @@ def test_fast_rcnn_from_the_command_line_resumes_a_killed_run_identically(photo_
     env = {**os.environ, "SPPNET_BUILD": str(tmp_path / "build"), "SPPNET_DEVICE": "cpu"}
     train = [sys.executable, "-m", "sppnet_lite.cli", "train", "--method", "fast-rcnn",
              "--data", str(photo_like_voc), "--quick", "--backbone", "resnet18", "--weights",
-             str(weights), "--scales", "160", "--iterations", "40", "--checkpoint-seconds", "0"]
+             str(weights), "--scales", "160", "--iterations", "12", "--checkpoint-seconds", "0"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     out = subprocess.run([*train, "--out", str(whole)], env=env, capture_output=True, text=True,
                          timeout=900, check=False)

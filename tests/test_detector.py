@@ -136,6 +136,19 @@ def test_detect_is_its_stages_composed():
     assert set(det.last_timing) == set(TIMED_STAGES)
 
 
+def test_at_scales_shares_the_weights_and_equals_a_detector_built_at_that_scale():
+    det = tiny_detector()
+    image, proposals = random_scene()
+    other = det.at_scales([128])
+    assert other.config.scales == (128,) and det.config.scales == (96,)
+    assert other.head is det.head and other.backbone is det.backbone
+    built = SPPNetDetector(det.backbone, det.head, det.class_names, det.svms, det.regressor,
+                           DetectorConfig(scales=(128,), max_proposals=50))
+    assert_same_detections(other.detect(image, proposals=proposals),
+                           built.detect(image, proposals=proposals))
+    assert not np.allclose(other.pool(image, proposals), det.pool(image, proposals))
+
+
 def test_refining_only_the_candidates_equals_the_all_classes_oracle():
     det = tiny_detector()
     image, proposals = random_scene(2)

@@ -74,16 +74,27 @@ def test_single_object(recipe, seed):
     assert list(again[1]) == list(box) and again[2] == label
 
 
-def test_the_shifted_recipe_draws_gratings_the_pretraining_never_saw():
+def test_the_shifted_recipe_draws_the_shapes_as_outlines():
     from sppnet_lite.data import shifted_recipe
 
     shifted = shifted_recipe()
     assert shifted["name"] != load_recipe()["name"] and shifted["classes"] == load_recipe()["classes"]
-    image, objects = render_scene(np.random.default_rng(0), shifted)
-    assert objects and image.dtype == np.uint8
-    # stripes: neighbouring pixels differ strongly everywhere, unlike smooth gradients
-    grey = image.astype(np.float32).mean(2)
-    plain, _ = render_scene(np.random.default_rng(0), load_recipe())
-    plain_grey = plain.astype(np.float32).mean(2)
-    edges = lambda g: np.abs(np.diff(g, axis=1)).mean() + np.abs(np.diff(g, axis=0)).mean()
-    assert edges(grey) > edges(plain_grey)
+    plain, objects = render_scene(np.random.default_rng(0), load_recipe())
+    image, outlined = render_scene(np.random.default_rng(0), shifted)
+    assert [o["box"] for o in outlined] == [o["box"] for o in objects]  # same scene, same boxes
+    # an outlined object's centre keeps the background: it differs from the filled one's
+    x1, y1, x2, y2 = max(objects, key=lambda o: (o["box"][2] - o["box"][0]) * (o["box"][3] - o["box"][1]))["box"]
+    cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
+    filled = plain[cy - 2:cy + 3, cx - 2:cx + 3].astype(float)
+    hollow = image[cy - 2:cy + 3, cx - 2:cx + 3].astype(float)
+    assert np.abs(filled - hollow).mean() > 10
+
+
+def test_an_outline_is_the_band_along_the_edge():
+    from sppnet_lite.synthvoc import _outline
+
+    mask = np.zeros((20, 20), np.uint8)
+    mask[5:15, 0:15] = 255  # a 10 x 15 block touching the left image border
+    band = _outline(mask, 2)
+    assert band[5:7, 2:15].all() and band[13:15, 2:15].all() and band[5:15, 13:15].all()
+    assert not band[7:13, 0:13].any()  # inside, and along the image border: no line

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+import torch
 
 from sppnet_lite import train
-from sppnet_lite.backbone import ZFLite
+from sppnet_lite.backbone import Classifier, ZFLite
 
 
 def image(height, width):
@@ -68,3 +71,152 @@ def test_accuracy_by_bin_by_hand():
     np.testing.assert_allclose(out["centers"], [0.15, 0.45, 0.8])
     empty = train.accuracy_by_bin(correct, values, [0.0, 0.05, 1.0])
     assert np.isnan(empty["accuracy"][0]) and empty["count"] == [0, 5]
+
+
+def small_trunk():
+    torch.manual_seed(0)
+    return ZFLite(widths=(8, 8, 8, 8, 8))
+
+
+def test_training_follows_the_seed_and_leaves_the_global_random_state_alone():
+    images = [image(48, 64 + 16 * (i % 2)) for i in range(6)]
+    labels = np.arange(6, dtype=np.int64) % 3
+    nets = []
+    for global_seed in (1, 2):  # dropout must not draw from the global generator
+        trunk = small_trunk()
+        torch.manual_seed(global_seed)
+        before = torch.get_rng_state()
+        nets.append(train.train_classifier("spp", images, labels, 3, trunk, epochs=2, sizes=[48],
+                                           batch_size=4, progress=False))
+        assert torch.equal(torch.get_rng_state(), before)
+    torch.testing.assert_close(nets[0].state_dict(), nets[1].state_dict(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method,levels", [("crop", (4, 3, 2, 1)), ("crop", (6, 3, 2, 1)),
+                                           ("warp", (1,)), ("spp", (2, 1))])
+def test_levels_give_an_spp_head_on_the_methods_input(method, levels):
+    from sppnet_lite.spp import SpatialPyramidPooling
+
+    images = [image(48, 64 + 16 * (i % 2)) for i in range(4)]
+    labels = np.arange(4, dtype=np.int64) % 2
+    net = train.train_classifier(method, images, labels, 2, small_trunk(), epochs=1, sizes=[48],
+                                 batch_size=4, progress=False, levels=levels)
+    assert isinstance(net.pool, SpatialPyramidPooling) and net.pool.levels == levels
+    assert net.fc[1].in_features == 8 * sum(n * n for n in levels)
+    assert train.predict(net, method, images, 48).shape == (4,)
+    with pytest.raises(ValueError, match="positive integer"):
+        train.train_classifier(method, images, labels, 2, small_trunk(), 1, [48], levels=(4, 0))
+
+
+def test_the_fixed_size_head_is_one_3x3_level_on_a_96_crop():
+    """What PYRAMIDS' "no SPP" entry says: on a 96×96 input (conv5 6×6) the FC head pools
+    exactly what an SPP layer with the single level 3 pools, in the same order."""
+    from sppnet_lite.spp import SpatialPyramidPooling
+
+    net = Classifier(small_trunk(), 6, head="fc", fixed_size=96).eval()
+    features = torch.randn(2, 8, 6, 6)
+    torch.testing.assert_close(net.pool(features), SpatialPyramidPooling((3,))(features))
+    assert train.PYRAMIDS["no SPP"] is None
+    assert [sum(n * n for n in levels) for levels in train.PYRAMIDS.values() if levels] == [30, 50]
+
+
+def use_tiny_experiment(monkeypatch, tmp_path):
+    """Chapter 04's experiment at toy size, cached under ``tmp_path``: 6 training and 5 test
+    images of 48–64 px, one epoch, a small trunk standing in for the pretrained one. Returns
+    the settings dict ``experiment_config`` now gives (change it to change the settings)."""
+    from sppnet_lite import config, pretrain
+
+    tiny = dict(train.experiment_config(quick=True), train_images=6, test_images=5, epochs=1,
+                batch_size=4, side=[48, 64])
+    monkeypatch.setattr(config, "CACHE_DIR", tmp_path)
+    monkeypatch.setattr(train, "experiment_config", lambda quick=None: dict(tiny))
+    monkeypatch.setattr(config, "get_device", lambda name="auto": torch.device("cpu"))
+
+    def tiny_pretrained(quick=None, device=None, progress=True):
+        trunk = small_trunk().eval()
+        trunk.checkpoint_hash = "tiny"
+        return trunk
+
+    monkeypatch.setattr(pretrain, "ensure_pretrained", tiny_pretrained)
+    return tiny
+
+
+def count_training(monkeypatch):
+    """Wrap ``train.train_classifier`` so that the returned list grows by one per training."""
+    calls, real = [], train.train_classifier
+
+    def counted(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_classifier", counted)
+    return calls
+
+
+@pytest.mark.parametrize("method,levels", [("crop", None), ("crop", (4, 3, 2, 1)),
+                                           ("spp-multi", None)])
+def test_ensure_classifier_equals_a_direct_training_and_trains_once(tmp_path, monkeypatch,
+                                                                    method, levels):
+    tiny = use_tiny_experiment(monkeypatch, tmp_path)
+    calls = count_training(monkeypatch)
+    net, seconds = train.ensure_classifier(method, levels=levels, progress=False)
+    assert not net.training and next(net.parameters()).device.type == "cpu" and seconds > 0
+    files = list((tmp_path / "classifiers").glob("*.npz"))
+    assert len(files) == 1 and files[0].name.startswith(
+        method if levels is None else f"{method}-spp4-3-2-1-")
+
+    images = train.experiment_images("train")
+    sizes = tiny["multi_sizes"] if method == "spp-multi" else [tiny["size"]]
+    direct = train.train_classifier(method, images.images, images.labels, 6, small_trunk(),
+                                    tiny["epochs"], sizes, tiny["batch_size"], tiny["lr"],
+                                    tiny["seed"], "cpu", False, levels)
+    torch.testing.assert_close(net.state_dict(), direct.state_dict(), rtol=0, atol=0)
+
+    again, cached_seconds = train.ensure_classifier(method, levels=levels, progress=False)
+    assert len(calls) == 2 and cached_seconds == seconds  # the direct call, nothing else
+    torch.testing.assert_close(again.state_dict(), net.state_dict(), rtol=0, atol=0)
+    tiny["epochs"] = 2  # other settings: another file, never the stale one
+    train.ensure_classifier(method, levels=levels, progress=False)
+    assert len(calls) == 3 and len(list((tmp_path / "classifiers").glob("*.npz"))) == 2
+
+
+@pytest.mark.parametrize("damage", [b"not an npz", None])
+def test_ensure_classifier_retrains_a_damaged_file_and_says_so(tmp_path, monkeypatch, damage):
+    from sppnet_lite.cache import save_weights
+
+    use_tiny_experiment(monkeypatch, tmp_path)
+    net, _ = train.ensure_classifier("spp", progress=False)
+    path, = (tmp_path / "classifiers").glob("spp-*.npz")
+    if damage is None:  # readable, but the weights of another network
+        save_weights(path, ZFLite(widths=(8, 8, 8, 8, 8)).state_dict(), {"train_seconds": 1.0})
+    else:
+        path.write_bytes(damage)
+    calls = count_training(monkeypatch)
+    with pytest.warns(UserWarning, match="training spp again"):
+        retrained, _ = train.ensure_classifier("spp", progress=False)
+    assert calls == ["spp"]
+    torch.testing.assert_close(retrained.state_dict(), net.state_dict(), rtol=0, atol=0)
+    train.ensure_classifier("spp", progress=False)  # the new file loads
+    assert calls == ["spp"]
+
+
+def test_the_experiments_share_one_training_per_network(tmp_path, monkeypatch):
+    tiny = use_tiny_experiment(monkeypatch, tmp_path)
+    calls = count_training(monkeypatch)
+    results = train.compare_methods(progress=False)
+    assert calls == list(train.METHODS)
+    pyramids = train.compare_pyramids(progress=False)
+    assert calls == [*train.METHODS, "crop", "crop"]  # "no SPP" is the comparison's crop network
+    assert list(pyramids) == list(train.PYRAMIDS)
+    assert [p["levels"] for p in pyramids.values()] == [[3], [4, 3, 2, 1], [6, 3, 2, 1]]
+    assert [p["bins"] for p in pyramids.values()] == [9, 30, 50]
+    assert pyramids["no SPP"]["accuracy"] == results["methods"]["crop"]["accuracy"]
+    assert pyramids["no SPP"]["train_seconds"] == results["methods"]["crop"]["train_seconds"]
+    feeds = train.crop_vs_full(progress=False)
+    assert feeds["full image"] == results["methods"]["spp"]["accuracy"]  # same net, same images
+    assert 0 <= feeds["centre crop"] <= 1
+    assert len(calls) == len(train.METHODS) + 2  # nothing trained twice
+    assert len(results["test_labels"]) == tiny["test_images"]
+    again = train.compare_methods(progress=False)["methods"]  # loaded, not trained
+    assert json.dumps(again) == json.dumps(results["methods"])  # (NaN for empty bins: as text)
+    assert len(calls) == len(train.METHODS) + 2

@@ -4,16 +4,26 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from sppnet_lite.widgets import (
+    FEEDS,
+    bin_maxima,
+    classifier_explorer,
+    classify_as_fed,
+    conv5_maps,
     detection_explorer,
+    pooling_explorer,
+    pretrained_if_cached,
+    projected_window,
+    projection_explorer,
     proposal_browser,
     proposal_numbers,
     pyramid_explorer,
     pyramid_numbers,
-    pyramid_toggles,
+    vector_offset,
 )
 
 
@@ -47,12 +57,213 @@ def test_explorer_shows_the_paper_rules_coverage_gap_and_small_maps():
     render(fig)
 
 
-@pytest.mark.parametrize("switches, panels", [({}, 3), ({"level_3": True, "level_6": True}, 5),
-                                              ({"level_1": False, "level_2": False,
-                                                "level_4": False}, 1)])
-def test_toggles_pick_the_levels(switches, panels):
-    fig = pyramid_toggles(**switches, height=13, width=20, channels=8)
-    assert len(fig.axes) == panels
+def random_map(channels, height, width, seed=0):
+    return np.random.default_rng(seed).standard_normal((channels, height, width)).astype(np.float32)
+
+
+def tiny_trunk():
+    from sppnet_lite.backbone import ZFLite
+
+    torch.manual_seed(0)
+    return ZFLite((4, 4, 4, 4, 6)).eval()
+
+
+@pytest.mark.parametrize("levels", [(4, 2, 1), (6, 3, 2, 1), (5, 3)])
+@pytest.mark.parametrize("mode", ["adaptive", "paper"])
+def test_bin_maxima_are_the_reference_vectors_segments(levels, mode):
+    """Each bin's marked cell holds the number spp_numpy.spp puts at vector_offset + bin."""
+    from sppnet_lite.spp_numpy import spp
+
+    fmap = random_map(3, 11, 9)
+    fmap[1, :6, :6] = 0.5  # ties: the first cell in row-major order wins, as np.argmax
+    vector = spp(fmap, levels, mode)
+    for k, n in enumerate(levels):
+        for c in range(3):
+            pooled = bin_maxima(fmap[c], n, mode)
+            start = vector_offset(levels, 3, k, c)
+            np.testing.assert_array_equal(pooled["maxima"], vector[start:start + n * n])
+            rows, cols = pooled["cells"].T
+            np.testing.assert_array_equal(fmap[c, rows, cols], pooled["maxima"])
+            bins = [(r, q) for r in pooled["rows"] for q in pooled["cols"]]
+            for (row, col), ((r0, r1), (c0, c1)) in zip(pooled["cells"], bins):
+                assert r0 <= row < r1 and c0 <= col < c1
+                first = np.argmax(fmap[c, r0:r1, c0:c1])
+                assert (row - r0) * (c1 - c0) + (col - c0) == first
+    assert vector_offset((4, 2, 1), 256, 1, 3) == 256 * 16 + 3 * 4
+    with pytest.raises(ValueError, match="size >= n"):
+        bin_maxima(fmap[0, :4], 6, "paper")
+
+
+def fake_features(channels=5):
+    """What conv5_maps gives, without a trunk: an image and a (C, h, w) map."""
+    return lambda h, w: (np.zeros((16 * h, 16 * w, 3), np.uint8), random_map(channels, h, w, h * w))
+
+
+def test_pooling_explorer_marks_each_bins_maximum_and_labels_the_vector_segments():
+    features = fake_features()
+    fig = pooling_explorer(features, level_3=True, height=9, width=14, channel=2)
+    levels = (4, 3, 2, 1)  # switched on: 1, 2, 3, 4; finest first
+    assert len(fig.axes) == 2 + 2 * len(levels)  # image and k·M note, then map and strip per level
+    fmap = features(9, 14)[1]
+    maps = [ax for ax in fig.axes if ax.get_title().endswith("bins")]
+    strips = [ax for ax in fig.axes if ax.get_title().startswith("vector[")]
+    for k, (n, ax, strip) in enumerate(zip(levels, maps, strips)):
+        pooled = bin_maxima(fmap[2], n)
+        dots = ax.collections[-1].get_offsets()  # after the cell lines
+        np.testing.assert_array_equal(dots, pooled["cells"][:, ::-1] + 0.5)
+        start = vector_offset(levels, 5, k, 2)
+        assert strip.get_title() == f"vector[{start}:{start + n * n}]"
+        np.testing.assert_array_equal(strip.images[0].get_array()[0], pooled["maxima"])
+    assert any("k·M = 5 × 30 = 150" in text.get_text() for text in fig.texts)
+    render(fig)
+
+
+def test_pooling_explorer_reaches_64_by_64_and_says_what_the_paper_rule_cannot_cut():
+    fig = pooling_explorer(fake_features(), height=64, width=64, channel=4)  # levels 4, 2, 1
+    assert any("(ZF-5's 256 channels: 5376)" in text.get_text() for text in fig.texts)
+    fig = pooling_explorer(fake_features(), level_6=True, height=4, width=10, mode="paper")
+    assert "needs H, W ≥ 6" in fig.axes[2].texts[0].get_text()
+    assert "cells never pooled" in fig.axes[4].get_xlabel()  # 4×4 on 10 columns: 2 left out
+    render(fig)
+    fig = pooling_explorer(fake_features(), level_1=False, level_2=False, level_4=False)
+    assert "choose at least one level" in fig.axes[1].texts[0].get_text()
+    with pytest.raises(ValueError, match="channel must be in"):
+        pooling_explorer(fake_features(), channel=5)
+
+
+def test_conv5_maps_resizes_the_image_to_the_asked_map_size():
+    from sppnet_lite.backbone import preprocess
+
+    trunk = tiny_trunk()
+    image = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    features = conv5_maps(trunk, image)
+    resized, fmap = features(3, 5)
+    assert resized.shape == (48, 80, 3) and fmap.shape == (6, 3, 5) and fmap.dtype == np.float32
+    with torch.no_grad():
+        np.testing.assert_allclose(fmap, trunk(preprocess(resized))[0].numpy())
+    assert features(3, 5)[1] is fmap  # computed once
+
+
+def test_pretrained_if_cached_reads_the_checkpoint_and_never_trains(tmp_path, monkeypatch):
+    from sppnet_lite import config, pretrain
+    from sppnet_lite.backbone import ZFLite
+
+    monkeypatch.setattr(config, "CACHE_DIR", tmp_path)
+    monkeypatch.setattr(pretrain, "pretrain", None)  # any training attempt would fail
+    fresh = pretrained_if_cached(quick=True)
+    assert fresh.checkpoint_hash is None and not fresh.training
+    torch.testing.assert_close(fresh.state_dict(), pretrained_if_cached(quick=True).state_dict())
+    torch.manual_seed(1)
+    trained = ZFLite()
+    key = pretrain.trunk_key(quick=True)
+    pretrain.save_checkpoint(trained, tmp_path / "checkpoints" / f"{key}.npz",
+                             pretrain.pretrain_config(quick=True))
+    cached = pretrained_if_cached(quick=True)
+    assert cached.checkpoint_hash == key
+    torch.testing.assert_close(cached.state_dict(), trained.state_dict())
+
+
+def tiny_classifier():
+    from sppnet_lite.backbone import Classifier
+
+    torch.manual_seed(0)
+    return Classifier(tiny_trunk(), 3, head="spp").eval()
+
+
+@pytest.mark.parametrize("feed", list(FEEDS))
+@pytest.mark.parametrize("size", [32, 96])
+def test_classify_as_fed_agrees_with_chapter_04s_predict(feed, size):
+    from sppnet_lite import train
+    from sppnet_lite.backbone import preprocess
+
+    net = tiny_classifier()
+    image = np.random.default_rng(size).integers(0, 256, (50, 90, 3), dtype=np.uint8)
+    answer = classify_as_fed(net, image, size, feed)
+    method = FEEDS[feed]
+    np.testing.assert_array_equal(answer["fed"], train.transform(method, image, size))
+    assert answer["label"] == train.predict(net, method, [image], size)[0]
+    with torch.no_grad():
+        expected = torch.softmax(net(preprocess(answer["fed"])), 1)[0].numpy()
+    np.testing.assert_allclose(answer["probabilities"], expected, rtol=1e-5)
+    assert answer["confidence"] == pytest.approx(expected.max())
+    with pytest.raises(ValueError, match="feed must be one of"):
+        classify_as_fed(net, image, size, "squash")
+
+
+def test_classifier_explorer_shows_the_image_as_fed():
+    images = [np.random.default_rng(k).integers(0, 256, (40, 100, 3), dtype=np.uint8)
+              for k in range(2)]
+    dataset = SimpleNamespace(images=images, labels=np.array([0, 2]), class_names=("a", "b", "c"),
+                              boxes=np.array([[5, 5, 30, 30], [60, 4, 95, 36]], np.float32))
+    net = tiny_classifier()
+    fig = classifier_explorer(net, dataset, index=1, size=48, feed="centre crop")
+    answer = classify_as_fed(net, images[1], 48, "centre crop")
+    assert fig.axes[1].get_title() == "as fed (centre crop): 48×48 px"
+    assert f"({answer['confidence']:.0%})" in fig.texts[0].get_text()
+    assert len(fig.axes[0].patches) == 2  # the object's box and the square the crop keeps
+    fig = classifier_explorer(net, dataset, index=1, size=48, feed="full image")
+    assert fig.axes[1].get_title() == "as fed (full image): 128×48 px"  # 100/40·48 = 120 → ×16
+    render(fig)
+
+
+def test_chapter_04s_widget_setup_classifies_with_the_cached_spp_network(tmp_path, monkeypatch):
+    """The widget-setup cell: train.ensure_classifier("spp") (toy-sized here) feeds the
+    explorer; a second call, as from a fresh kernel, loads the same network."""
+    from test_train import use_tiny_experiment
+
+    from sppnet_lite import train
+
+    use_tiny_experiment(monkeypatch, tmp_path)
+    classifier, _ = train.ensure_classifier("spp", progress=False)
+    examples = train.experiment_images("test")
+    answer = classify_as_fed(classifier, examples.images[0], 96, "full image")
+    assert answer["label"] == train.predict(classifier, "spp", examples.images[:1], 96)[0]
+    render(classifier_explorer(classifier, examples, index=1, size=64, feed="warp"))
+    reloaded, _ = train.ensure_classifier("spp", progress=False)
+    torch.testing.assert_close(reloaded.state_dict(), classifier.state_dict(), rtol=0, atol=0)
+
+
+def test_projected_window_is_project_boxes_and_the_bins_roi_spp_pools():
+    from sppnet_lite.spp import project_boxes, roi_spp
+
+    box = [37.0, 50.0, 203.0, 170.0]  # chapter 06's worked example
+    assert projected_window(box, 1, 1, 16, (40, 40))["cells"].tolist() == [3, 4, 12, 10]
+    assert projected_window(box, 1, 1, 16, (40, 40), "round")["cells"].tolist() == [2, 3, 13, 11]
+    rng = np.random.default_rng(0)
+    features = torch.from_numpy(rng.standard_normal((1, 4, 23, 31)))
+    levels = (6, 3, 2, 1)
+    for box in [[37.0, 50.0, 203.0, 170.0], [10, 300, 30, 330], [0, 0, 600, 400],
+                [100, 60, 118, 250]]:
+        for rule in ("paper", "round"):
+            window = projected_window(box, 0.9, 1.1, 16, (23, 31), rule, levels)
+            scaled = np.float32(box) * np.float32([0.9, 1.1, 0.9, 1.1])
+            assert window["cells"].tolist() == project_boxes(
+                scaled[None], 16, rule, feature_size=(23, 31))[0].tolist()
+            rois = torch.tensor([[0.0, *window["cells"].tolist()]], dtype=torch.float64)
+            pooled = roi_spp(features, rois, 1.0, levels)[0]
+            by_bins = torch.cat([torch.stack([features[0, :, r0:r1, c0:c1].amax(dim=(1, 2))
+                                              for r0, r1 in rows for c0, c1 in cols], 1).flatten()
+                                 for rows, cols in window["bins"]])
+            torch.testing.assert_close(pooled, by_bins)
+    assert projected_window(box, 1, 1, 16, (40, 40), levels=())["bins"] == []
+
+
+def test_projection_explorer_draws_the_window_its_cells_and_k_times_m():
+    trunk = tiny_trunk()
+    image = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    boxes = np.array([[10, 20, 90, 100], [100, 30, 112, 44]], np.float32)
+    cache = {}
+    fig = projection_explorer(trunk, image, boxes, proposal=0, scale=240, cache=cache)
+    resized, fx, fy, fmap = cache[240]
+    assert resized.shape[0] == 240 and fmap.shape == (6, 15, 20)
+    window = projected_window(boxes[0], fx, fy, 16, fmap.shape[1:], "paper")
+    x1, y1, x2, y2 = window["cells"].tolist()
+    assert f"cells x {x1}–{x2}, y {y1}–{y2}" in fig.axes[1].get_title()
+    assert any("k·M = 6 × 50 = 300" in text.get_text() for text in fig.texts)
+    assert len(fig.axes) == 2 + 4  # image, map, one panel per level
+    fig = projection_explorer(trunk, image, boxes, proposal=1, level_1=False, level_2=False,
+                              level_3=False, level_6=False, scale=240, rule="round", cache=cache)
+    assert len(cache) == 1 and any("round rule" in text.get_text() for text in fig.texts)
     render(fig)
 
 
