@@ -144,6 +144,22 @@ def test_end_to_end_train_detect_evaluate(tiny_voc, tmp_path, capsys, monkeypatc
     assert report["mAP"] > 0.15, report
 
 
+def assert_same_runs(whole, killed, weight_files, data, weights, tmp_path, score_threshold):
+    """An uninterrupted run and a killed-and-resumed one saved bit-identical weights, and
+    ``detect`` finds the same boxes with both on two test images."""
+    for name in weight_files:
+        a, b = np.load(whole / name), np.load(killed / name)
+        assert sorted(a.files) == sorted(b.files)
+        for key in a.files:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}:{key}")
+    images = sorted((data / "JPEGImages").glob("test_*.jpg"))[:2]
+    detections = [tmp_path / "a.json", tmp_path / "b.json"]
+    for run, path in zip((whole, killed), detections):
+        assert run_cli("detect", "--run", run, *images, "--out", path, "--score-threshold",
+                       score_threshold, "--backbone", "resnet18", "--weights", weights) == 0
+    assert json.loads(detections[0].read_text()) == json.loads(detections[1].read_text())
+
+
 def write_resnet18(folder):
     """A weights file as torchvision distributes them (a full state dict), randomly initialised:
     the real ImageNet file is a download away, which tests never make."""
@@ -188,24 +204,15 @@ def test_own_photos_on_a_torchvision_trunk_and_a_killed_run_resumes_identically(
     out = subprocess.run([*train, "--out", str(killed)], env=env, capture_output=True, text=True,
                          timeout=900, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
-    for name in ("head.npz", "backbone.npz", "svms.npz", "regressor.npz"):
-        a, b = np.load(whole / name), np.load(killed / name)
-        assert sorted(a.files) == sorted(b.files)
-        for key in a.files:
-            np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}:{key}")
-
-    images = sorted((photo_like_voc / "JPEGImages").glob("test_*.jpg"))[:2]
-    detections = [tmp_path / "a.json", tmp_path / "b.json"]
-    for run, path in zip((whole, killed), detections):
-        assert run_cli("detect", "--run", run, *images, "--out", path, "--score-threshold", "-1",
-                       "--backbone", "resnet18", "--weights", weights) == 0
-    assert json.loads(detections[0].read_text()) == json.loads(detections[1].read_text())
+    assert_same_runs(whole, killed, ("head.npz", "backbone.npz", "svms.npz", "regressor.npz"),
+                     photo_like_voc, weights, tmp_path, score_threshold="-1")
     assert run_cli("evaluate", "--run", whole, "--data", photo_like_voc, "--split", "test") == 0
     report = json.loads((whole / "evaluation_test.json").read_text())
     assert set(report["ap"]) == {"hedgehog"}
 
     assert run_cli("evaluate", "--run", whole, "--data", photo_like_voc, "--backbone", "vgg16",
                    "--weights", weights) == 2
+    images = sorted((photo_like_voc / "JPEGImages").glob("test_*.jpg"))[:2]
     other = tmp_path / "other.pth"
     other.write_bytes(weights.read_bytes() + b"\0")
     assert run_cli("detect", "--run", whole, *images, "--out", tmp_path / "c.json",
@@ -240,16 +247,7 @@ def test_fast_rcnn_from_the_command_line_resumes_a_killed_run_identically(photo_
     out = subprocess.run([*train, "--out", str(killed)], env=env, capture_output=True, text=True,
                          timeout=900, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
-    for name in ("head.npz", "backbone.npz"):
-        a, b = np.load(whole / name), np.load(killed / name)
-        for key in a.files:
-            np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}:{key}")
-
-    images = sorted((photo_like_voc / "JPEGImages").glob("test_*.jpg"))[:2]
-    detections = [tmp_path / "a.json", tmp_path / "b.json"]
-    for run, path in zip((whole, killed), detections):
-        assert run_cli("detect", "--run", run, *images, "--out", path, "--score-threshold", "0",
-                       "--backbone", "resnet18", "--weights", weights) == 0
-    assert json.loads(detections[0].read_text()) == json.loads(detections[1].read_text())
+    assert_same_runs(whole, killed, ("head.npz", "backbone.npz"), photo_like_voc, weights,
+                     tmp_path, score_threshold="0")
     assert run_cli("evaluate", "--run", whole, "--data", photo_like_voc, "--split", "test") == 0
     assert set(json.loads((whole / "evaluation_test.json").read_text())["ap"]) == {"hedgehog"}

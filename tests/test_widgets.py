@@ -8,22 +8,24 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from sppnet_lite.widgets import (
-    FEEDS,
+from sppnet_lite.pooling_widgets import (
     bin_maxima,
-    classifier_explorer,
-    classify_as_fed,
     conv5_maps,
-    detection_explorer,
     pooling_explorer,
     pretrained_if_cached,
     projected_window,
     projection_explorer,
-    proposal_browser,
-    proposal_numbers,
     pyramid_explorer,
     pyramid_numbers,
     vector_offset,
+)
+from sppnet_lite.widgets import (
+    FEEDS,
+    classifier_explorer,
+    classify_as_fed,
+    detection_explorer,
+    proposal_browser,
+    proposal_numbers,
 )
 
 
