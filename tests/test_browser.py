@@ -150,7 +150,7 @@ def _build_quick_book(tmp_path: Path) -> Path:
     run = ("import sys; from pathlib import Path; from sppnet_lite.book import run_book; "
            "sys.exit(run_book(quick=True, chapters_dir=Path(sys.argv[1]), build_dir=Path(sys.argv[2])))")
     env = dict(os.environ, SPPNET_BUILD=str(build), SPPNET_QUICK="1")  # the kernels' results
-    done = subprocess.run([sys.executable, "-c", run, str(chapters), str(build)], env=env,
+    done = subprocess.run([sys.executable, "-c", run, str(chapters), str(build)], env=env, check=False,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"the quick book failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return build / "html"
