@@ -144,3 +144,31 @@ def load_weights(path: str | os.PathLike) -> tuple[dict, dict]:
     """``(state_dict of CPU tensors, meta)`` from a file written by :func:`save_weights`."""
     arrays, meta = load_arrays(path)
     return state_tensors(arrays), meta
+
+
+def save_training_state(path: str | os.PathLike, model, optimiser, iteration: int, history: dict,
+                        meta: dict | None = None) -> Path:
+    """A resumable training checkpoint: ``model``'s weights, ``optimiser``'s state (Adam's
+    moments), the ``iteration`` reached and the ``history`` so far, atomically."""
+    arrays = {f"model.{k}": v for k, v in state_arrays(model.state_dict()).items()}
+    for index, state in optimiser.state_dict()["state"].items():
+        for name, value in state.items():
+            arrays[f"optimiser.{index}.{name}"] = value.detach().cpu().numpy()
+    return save_arrays(path, arrays, {**(meta or {}), "iteration": iteration, "history": history})
+
+
+def load_training_state(path: str | os.PathLike, model, optimiser) -> tuple[int, dict]:
+    """Load :func:`save_training_state`'s checkpoint into ``model`` and ``optimiser``;
+    return ``(iteration, history)``."""
+    import torch
+
+    arrays, meta = load_arrays(path)
+    model.load_state_dict(state_tensors({k[len("model."):]: v for k, v in arrays.items()
+                                         if k.startswith("model.")}))
+    state = optimiser.state_dict()
+    for key, value in arrays.items():
+        if key.startswith("optimiser."):
+            _, index, name = key.split(".", 2)
+            state["state"].setdefault(int(index), {})[name] = torch.from_numpy(value)
+    optimiser.load_state_dict(state)
+    return int(meta["iteration"]), meta["history"]

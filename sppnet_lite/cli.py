@@ -15,7 +15,7 @@ from pathlib import Path
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 BACKBONES = ("zflite", "alexnet", "vgg16", "resnet18")  # sppnet_lite.backbone.BACKBONES, kept
 # here so that parsing the command line imports no torch
-METHODS = ("sppnet", "fast-rcnn")
+METHODS = ("sppnet", "fast-rcnn", "faster-rcnn")
 
 
 class CLIError(Exception):
@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--method", choices=METHODS, default="sppnet",
                        help="sppnet: frozen trunk, FC fine-tuning, SVMs, box regressors (chapters "
                             "07-10); fast-rcnn: one network trained end to end, conv3 and up "
-                            "included (chapter 11; recommended for your own photos)")
+                            "included (chapter 11; recommended for your own photos); faster-rcnn: "
+                            "fast-rcnn plus a region proposal network on its trunk, so detect "
+                            "needs no selective search (chapter 12)")
     train.add_argument("--quick", action="store_true")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     train.add_argument("--scales", type=scale_list, default=None, metavar="S1,S2,...",
@@ -158,7 +160,7 @@ def cmd_train(args) -> int:
             raise CLIError(f"--iterations must be at least 1, got {args.iterations}")
         changes["iterations"] = args.iterations
     device = config.get_device(args.device)
-    if args.method == "fast-rcnn":
+    if args.method in ("fast-rcnn", "faster-rcnn"):
         if args.scales:  # train and detect at the scales given
             changes["test_scales"] = args.scales
         from .fast_rcnn_training import FastRCNNConfig, FastRCNNPipeline
@@ -167,6 +169,11 @@ def cmd_train(args) -> int:
                                           **changes)
         pipeline = FastRCNNPipeline(args.data, args.out, args.quick, device, settings)
         inputs = pipeline.inputs
+        if args.method == "faster-rcnn":
+            from .faster_rcnn import FasterRCNNConfig, FasterRCNNPipeline
+
+            pipeline = FasterRCNNPipeline(pipeline, args.out, FasterRCNNConfig.default(
+                args.quick, checkpoint_seconds=args.checkpoint_seconds))
     else:
         from .pipeline import Pipeline, PipelineConfig
 
@@ -302,14 +309,15 @@ def _need_weights(args) -> str | None:
 
 
 def _load_detector(args, weights: str | None, device):
-    """The run's detector, SPP-net or Fast R-CNN as it was trained; ``--backbone`` /
+    """The run's detector, SPP-net, Fast R-CNN or Faster R-CNN as it was trained; ``--backbone`` /
     ``--weights``, when given, must match it."""
     from .cache import file_hash
     from .detector import SPPNetDetector, read_run_config
     from .fast_rcnn import FastRCNNDetector
+    from .faster_rcnn import FasterRCNNDetector
 
     method = read_run_config(args.run).get("method", SPPNetDetector.METHOD)
-    cls = {SPPNetDetector.METHOD: SPPNetDetector, FastRCNNDetector.METHOD: FastRCNNDetector}.get(method)
+    cls = {c.METHOD: c for c in (SPPNetDetector, FastRCNNDetector, FasterRCNNDetector)}.get(method)
     if cls is None:
         raise CLIError(f"--run {str(args.run)!r} holds a detector of unknown method {method!r}")
     return cls.load(args.run, device=device, backbone=args.backbone,

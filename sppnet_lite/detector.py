@@ -295,6 +295,13 @@ class SPPNetDetector:
         self.last_timing = {"proposals": proposal_s, **self.last_timing}
         return dets
 
+    def dataset_proposals(self, dataset, progress: bool = True) -> list:
+        """The windows this detector scores in each image of ``dataset``: selective search,
+        cached (:func:`sppnet_lite.proposals.ensure_proposals`)."""
+        from .proposals import ensure_proposals
+
+        return ensure_proposals(dataset, progress=progress)
+
     # ------------------------------------------------------------------ save / load
     def save(self, directory: str | Path) -> Path:
         """Write ``config.json`` and the weights (``backbone.npz``, ``head.npz``, ``svms.npz``,

@@ -235,8 +235,8 @@ def evaluate_detector(detector, dataset, proposals=None, max_images: int | None 
     then ``postprocess`` once per variant. ``variants`` maps a name to config
     overrides (default ``{"detector": {}}``); ``score="pool5_svm"`` scores with
     ``pool5_svms`` (SVMs on the pooled vectors: the no-fine-tuning ablation).
-    ``proposals``: a list of (P, 4) arrays (default: the cached selective-search
-    boxes). Returns ``{"results": {name: VOCResult}, "detections": {name:
+    ``proposals``: a list of (P, 4) arrays (default: ``detector.dataset_proposals``,
+    the cached selective-search boxes, or a Faster R-CNN's own). Returns ``{"results": {name: VOCResult}, "detections": {name:
     [Detections]}, "images": n, "timing": mean seconds per stage of the last variant
     (in :data:`ABLATIONS` the whole pipeline), "seconds_per_image": their sum}``.
     Taught in chapter 10.
@@ -251,9 +251,7 @@ def evaluate_detector(detector, dataset, proposals=None, max_images: int | None 
     if n == 0:
         raise ValueError("dataset has no images to evaluate on")
     if proposals is None:
-        from .proposals import ensure_proposals
-
-        proposals = ensure_proposals(Subset(dataset, range(n)), progress=progress)
+        proposals = detector.dataset_proposals(Subset(dataset, range(n)), progress=progress)
     found = {name: [] for name in variants}
     truths, timings = [], []
     for i in tqdm(range(n), desc="detect", disable=not progress, leave=False):

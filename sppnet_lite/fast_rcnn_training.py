@@ -21,14 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cache import (
-    config_hash,
-    load_arrays,
-    save_arrays,
-    save_json_atomic,
-    state_arrays,
-    state_tensors,
-)
+from .cache import config_hash, load_training_state, save_json_atomic, save_training_state
 from .detector import FORMAT_VERSION, NMS_IOU, SCALES, SINGLE_SCALE
 from .fast_rcnn import (
     IMAGES_PER_BATCH,
@@ -133,6 +126,9 @@ class FastRCNNPipeline:
     detector go to ``run_dir``. ``inputs`` is the SPP-net :class:`Pipeline` that supplies
     the splits, proposals and pretrained trunk. Taught in chapter 11."""
 
+    METHOD = "fast-rcnn"
+    """Names the checkpoint (and keys it): chapter 12 trains this network again on other proposals."""
+
     def __init__(self, data_dir, run_dir, quick: bool | None = None, device="auto",
                  config: FastRCNNConfig | None = None, progress: bool = True):
         from . import config as book_config
@@ -164,13 +160,13 @@ class FastRCNNPipeline:
         cfg = self.cfg
         settings = {k: v for k, v in asdict(cfg).items() if k not in UNTRAINED_SETTINGS}
         ds = self.dataset(cfg.train_split)
-        return config_hash({"method": "fast-rcnn", "format": FORMAT_VERSION, "settings": settings,
+        return config_hash({"method": self.METHOD, "format": FORMAT_VERSION, "settings": settings,
                             "trunk": trunk_key(cfg.backbone, cfg.weights, self.quick),
                             "data": dataset_stamp(self.inputs.data_dir),
                             "images": list(ds.image_ids), "classes": list(self.class_names)})
 
     def checkpoint_path(self) -> Path:
-        return self.run_dir / "stages" / f"fast-rcnn-{self.training_key()}.npz"
+        return self.run_dir / "stages" / f"{self.METHOD}-{self.training_key()}.npz"
 
     def network(self) -> tuple[FastRCNN, dict]:
         """The trained network and its history (``loss``, ``classification``, ``box`` per
@@ -228,7 +224,7 @@ class FastRCNNPipeline:
         history = {"loss": [], "classification": [], "box": [], "seconds": 0.0}
         start = 0
         if path.is_file():
-            start, history = _load_checkpoint(path, model, optimiser)
+            start, history = load_training_state(path, model, optimiser)
         if start >= cfg.iterations:
             return model.eval(), history
         rois = []
@@ -238,7 +234,7 @@ class FastRCNNPipeline:
             rois.append(label_rois(np.concatenate([extra, proposals[i]]), sample.boxes,
                                    sample.labels, num_classes))
         if start == 0:
-            _set_input_scale(model, ds, rois, cfg)
+            self.initialise(model, ds, rois)
         scales = cfg.training_scales()
         frozen_maps = {} if cfg.fine_tune_from == "none" else None  # conv5 maps reused
         model.train()
@@ -286,7 +282,8 @@ class FastRCNNPipeline:
             now = time.perf_counter()
             if now - last_save >= cfg.checkpoint_seconds or it + 1 == cfg.iterations:
                 history["seconds"] = elapsed + now - tic
-                _save_checkpoint(path, model, optimiser, it + 1, history, cfg)
+                save_training_state(path, model, optimiser, it + 1, history,
+                                    {"fine_tune_from": cfg.fine_tune_from})
                 last_save = now
         return model.eval(), history
 
@@ -301,6 +298,10 @@ class FastRCNNPipeline:
                             self.cfg.hidden)
         return FastRCNN(trunk, head.to(self.device), levels, self.cfg.rule,
                         self.cfg.fine_tune_from).to(self.device)
+
+    def initialise(self, model: FastRCNN, ds, rois: list) -> None:
+        """Before the first iteration: scale the new head's input (chapter 07's rule)."""
+        _set_input_scale(model, ds, rois, self.cfg)
 
     def new_optimiser(self, model: FastRCNN) -> torch.optim.Optimizer:
         """Adam over the head (``lr``) and the trainable conv layers (``trunk_lr``), fused into
@@ -326,28 +327,6 @@ def _set_input_scale(model: FastRCNN, ds, rois: list, cfg: FastRCNNConfig, image
             features, fx, fy = model.conv_features(ds[i].image, cfg.training_scales()[0])
             squares.append(float((model.pool(features, boxes, fx, fy) ** 2).mean()))
     model.head.input_scale.fill_(1.0 / max(math.sqrt(float(np.mean(squares))), 1e-6))
-
-
-def _save_checkpoint(path: Path, model, optimiser, iteration: int, history: dict, cfg) -> None:
-    arrays = {f"model.{k}": v for k, v in state_arrays(model.state_dict()).items()}
-    for index, state in optimiser.state_dict()["state"].items():
-        for name, value in state.items():
-            arrays[f"optimiser.{index}.{name}"] = value.detach().cpu().numpy()
-    save_arrays(path, arrays, {"iteration": iteration, "history": history,
-                               "fine_tune_from": cfg.fine_tune_from})
-
-
-def _load_checkpoint(path: Path, model, optimiser) -> tuple[int, dict]:
-    arrays, meta = load_arrays(path)
-    model.load_state_dict(state_tensors({k[len("model."):]: v for k, v in arrays.items()
-                                         if k.startswith("model.")}))
-    state = optimiser.state_dict()
-    for key, value in arrays.items():
-        if key.startswith("optimiser."):
-            _, index, name = key.split(".", 2)
-            state["state"].setdefault(int(index), {})[name] = torch.from_numpy(value)
-    optimiser.load_state_dict(state)
-    return int(meta["iteration"]), meta["history"]
 
 
 def default_fast_rcnn(quick: bool | None = None, progress: bool = True, data_dir=None,

@@ -71,6 +71,13 @@ def select_scales(boxes, image_size: tuple[int, int], scales: Sequence[int],
     return distance.argmin(axis=1).astype(np.int64)
 
 
+def resized_size(image_size: tuple[int, int], scale: int) -> tuple[int, int]:
+    """``(H, W)`` of an ``image_size = (H, W)`` image resized to shorter side ``scale`` px."""
+    height, width = image_size
+    factor = scale / min(height, width)
+    return max(1, round(height * factor)), max(1, round(width * factor))
+
+
 def resize_shorter_side(image: np.ndarray, scale: int) -> tuple[np.ndarray, float, float]:
     """Resize RGB uint8 ``image`` so its shorter side is ``scale`` px.
 
@@ -78,9 +85,8 @@ def resize_shorter_side(image: np.ndarray, scale: int) -> tuple[np.ndarray, floa
     the new size) that map input-pixel x / y coordinates onto the resized image.
     """
     height, width = image.shape[:2]
-    factor = scale / min(height, width)
-    new_w, new_h = max(1, round(width * factor)), max(1, round(height * factor))
-    interpolation = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
+    new_h, new_w = resized_size((height, width), scale)
+    interpolation = cv2.INTER_AREA if scale < min(height, width) else cv2.INTER_LINEAR
     resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
     return resized, new_w / width, new_h / height
 
@@ -165,9 +171,7 @@ class SPPFeatureExtractor(WindowExtractor):
                 "preprocess": self._preprocess_name()}
 
     def __call__(self, image: np.ndarray, boxes) -> torch.Tensor:
-        from .spp import project_boxes
-
-        image, boxes, device = self._inputs(image, boxes)
+        image, boxes, _ = self._inputs(image, boxes)
         start = time.perf_counter()
         choice = select_scales(boxes, image.shape[:2], self.scales, self.backbone.canonical_size)
         out = torch.zeros((len(boxes), self.output_dim), dtype=torch.float32)
@@ -176,24 +180,42 @@ class SPPFeatureExtractor(WindowExtractor):
         with eval_mode(self.backbone), torch.no_grad():
             for k in np.unique(choice):
                 tic = time.perf_counter()
-                resized, fx, fy = resize_shorter_side(image, self.scales[k])
-                batch = self.preprocess(resized).to(device)
-                features = self.backbone(batch.contiguous(memory_format=torch.channels_last))
-                self._synchronize(device)
+                features, fx, fy = self.conv_map(image, self.scales[k])
                 conv_s += time.perf_counter() - tic
                 scales_run.append(self.scales[k])
-
                 tic = time.perf_counter()
                 rows = np.flatnonzero(choice == k)
-                scaled = torch.from_numpy(boxes[rows] * np.array([fx, fy, fx, fy], np.float32))
-                cells = project_boxes(scaled, self.backbone.stride, self.rule,
-                                      feature_size=features.shape[-2:])
-                rois = torch.cat([torch.zeros(len(rows), 1), cells], dim=1).to(device, features.dtype)
-                self._pool(features, rois, rows, out)
-                self._synchronize(device)
+                out[torch.from_numpy(rows)] = self.pool_map(features, boxes[rows], fx, fy)
                 pool_s += time.perf_counter() - tic
         self.last_timing = {"conv": conv_s, "pool": pool_s, "total": time.perf_counter() - start,
                             "scales_run": scales_run, "num_boxes": len(boxes)}
+        return out
+
+    @torch.no_grad()
+    def conv_map(self, image: np.ndarray, scale: int) -> tuple[torch.Tensor, float, float]:
+        """One conv pass: conv5 ``(1, C, H', W')`` of ``image`` (checked RGB uint8) resized to
+        shorter side ``scale``, and the resize factors ``(fx, fy)``. Chapter 12's region
+        proposal network reads the same map."""
+        resized, fx, fy = resize_shorter_side(image, scale)
+        device = _module_device(self.backbone)
+        with eval_mode(self.backbone):
+            features = self.backbone(self.preprocess(resized).to(device)
+                                     .contiguous(memory_format=torch.channels_last))
+        self._synchronize(device)
+        return features, fx, fy
+
+    @torch.no_grad()
+    def pool_map(self, features: torch.Tensor, boxes: np.ndarray, fx: float, fy: float) -> torch.Tensor:
+        """``pooled`` float32 ``(R, output_dim)`` on the CPU: pixel ``boxes`` (R, 4) projected
+        onto ``features`` (from :meth:`conv_map` with factors ``fx``, ``fy``) and pooled."""
+        from .spp import project_boxes
+
+        scaled = torch.from_numpy(np.asarray(boxes, np.float32) * np.array([fx, fy, fx, fy], np.float32))
+        cells = project_boxes(scaled, self.backbone.stride, self.rule, feature_size=features.shape[-2:])
+        rois = torch.cat([torch.zeros(len(boxes), 1), cells], dim=1).to(features.device, features.dtype)
+        out = torch.zeros((len(boxes), self.output_dim), dtype=torch.float32)
+        self._pool(features, rois, np.arange(len(boxes)), out)
+        self._synchronize(features.device)
         return out
 
     def _pool(self, features: torch.Tensor, rois: torch.Tensor, rows: np.ndarray, out: torch.Tensor):

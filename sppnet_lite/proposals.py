@@ -204,6 +204,35 @@ def proposal_recall(proposals: Sequence[np.ndarray], gt_boxes: Sequence[np.ndarr
             "best_iou": best[-1]}
 
 
+SIZE_BINS = ((0, 32), (32, 64), (64, 128), (128, 10_000))
+"""Object sizes, √(area) in original px, for :func:`recall_by_size` (chapters 05 and 12)."""
+
+
+def recall_by_size(proposals: Sequence[np.ndarray], gt_boxes: Sequence[np.ndarray],
+                   bins: Sequence[tuple[float, float]] = SIZE_BINS,
+                   iou_thresholds: Sequence[float] = (0.5, 0.7)) -> list[dict]:
+    """:func:`proposal_recall` of all the proposals, for the objects of each size bin
+    ``[lo, hi)`` (√(area), px): ``[{"bin": (lo, hi), "objects": n, "recall": {t: r}}]``,
+    recall ``nan`` for an empty bin. Taught in chapter 12."""
+    rows = []
+    for lo, hi in bins:
+        chosen = []
+        for gts in gt_boxes:
+            gts = np.asarray(gts, dtype=np.float32).reshape(-1, 4)
+            side = np.sqrt(np.clip(gts[:, 2] - gts[:, 0], 0, None) * np.clip(gts[:, 3] - gts[:, 1], 0, None))
+            chosen.append(gts[(side >= lo) & (side < hi)])
+        objects = sum(len(g) for g in chosen)
+        if objects == 0:
+            rows.append({"bin": (lo, hi), "objects": 0,
+                         "recall": {float(t): float("nan") for t in iou_thresholds}})
+            continue
+        everything = max(len(p) for p in proposals) if len(proposals) else 1
+        r = proposal_recall(proposals, chosen, counts=(max(everything, 1),), iou_thresholds=iou_thresholds)
+        rows.append({"bin": (lo, hi), "objects": objects,
+                     "recall": {t: values[0] for t, values in r["recall"].items()}})
+    return rows
+
+
 def timed_selective_search(image: np.ndarray, **kwargs) -> tuple[np.ndarray, float]:
     """:func:`selective_search` and its wall-clock time in seconds."""
     start = time.perf_counter()

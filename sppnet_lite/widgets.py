@@ -2,7 +2,7 @@
 
 A widget cell in a notebook only wires sliders to one of these functions
 (``ipywidgets.interact(fn, ...)``); everything that computes or draws lives
-here, so pytest exercises it without a browser. Chapters 04, 05 and 10 here; the
+here, so pytest exercises it without a browser. Chapters 04, 05, 10 and 12 here; the
 pooling widgets of chapters 02 and 06 are in :mod:`sppnet_lite.pooling_widgets`.
 """
 
@@ -163,4 +163,63 @@ def detection_explorer(detector, dataset, proposals, index: int = 0, score_thres
     draw_boxes(ax, dets.boxes, labels=dets.labels, scores=dets.scores, class_names=names)
     ax.set_title(f"{sample.image_id}: {len(dets)} detections (score ≥ {score_threshold:g}, "
                  f"NMS IoU {nms_iou:g}); ground truth dashed", fontsize=9)
+    return fig
+
+
+# ----------------------------------------------------------------- chapter 12: anchors and RPN proposals
+def anchors_at_cell(rpn, feature_size: tuple[int, int], row: int, col: int, fx: float,
+                    fy: float):
+    """The ``k`` anchors of conv5 cell ``(row, col)`` of a ``feature_size = (H', W')`` map,
+    in original-image px (the input frame divided by the resize factors ``fx``, ``fy``):
+    float32 ``(k, 4)``, centred on pixel ``(S·col / fx, S·row / fy)``. Taught in chapter 12."""
+    import numpy as np
+
+    height, width = feature_size
+    if not (0 <= row < height and 0 <= col < width):
+        raise ValueError(f"cell ({row}, {col}) lies outside the {height}×{width} map")
+    k = rpn.num_anchors
+    first = (int(row) * width + int(col)) * k
+    return rpn.anchors(height, width)[first:first + k] / np.array([fx, fy, fx, fy], np.float32)
+
+
+def rpn_explorer(detector, dataset, index: int = 0, row: float = 0.5, col: float = 0.5,
+                 top_n: int = 50, nms_iou: float = 0.7, cache: dict | None = None):
+    """Draw image ``index`` of ``dataset`` twice: the anchors of one conv5 cell (``row``,
+    ``col`` as fractions of the map's height and width), and the RPN's best ``top_n``
+    proposals after NMS at ``nms_iou``, with the ground truth dashed; return the Figure.
+    ``detector`` is a :class:`~sppnet_lite.faster_rcnn.FasterRCNNDetector`; ``cache``
+    keeps each image's conv5 map, so moving a slider reruns only the RPN head and NMS.
+    Taught in chapter 12."""
+    from matplotlib.figure import Figure
+
+    from .boxes import match_boxes
+    from .viz import draw_boxes, show_image
+
+    index = int(index)
+    sample = dataset[index]
+    cache = {} if cache is None else cache
+    if index not in cache:
+        cache[index] = detector.extractor.conv_map(sample.image, detector.config.scales[0])
+    features, fx, fy = cache[index]
+    settings = {**detector.proposal_settings, "post_nms_top_n": int(top_n), "nms_iou": float(nms_iou)}
+    boxes, _ = detector.rpn.proposals(features, sample.image.shape[:2], fx, fy, **settings)
+    height, width = features.shape[-2:]
+    cell = (min(int(row * height), height - 1), min(int(col * width), width - 1))
+    anchors = anchors_at_cell(detector.rpn, (height, width), *cell, fx, fy)
+    stride = detector.rpn.stride
+    fig = Figure(figsize=(11, 4.6), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    for ax in (left, right):
+        show_image(ax, sample.image)
+        draw_boxes(ax, sample.boxes, linestyle="--", color="white", linewidth=1.0)
+    draw_boxes(left, anchors, color="#ffb300", linewidth=1.0)
+    left.plot([stride * cell[1] / fx], [stride * cell[0] / fy], "o", color="#ffb300")
+    left.set_xlim(0, sample.image.shape[1])
+    left.set_ylim(sample.image.shape[0], 0)
+    left.set_title(f"the {len(anchors)} anchors of conv5 cell {cell} ({height}×{width} map)",
+                   fontsize=9)
+    draw_boxes(right, boxes, color="#00e5ff", linewidth=0.7)
+    recalled = int((match_boxes(sample.boxes, boxes)[0] >= 0.5).sum()) if len(boxes) else 0
+    right.set_title(f"top {len(boxes)} RPN proposals (NMS IoU {nms_iou:g}): "
+                    f"{recalled}/{len(sample.boxes)} objects at IoU ≥ 0.5", fontsize=9)
     return fig

@@ -7,6 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from sppnet_lite.backbone import ZFLite
+from sppnet_lite.cache import load_arrays
 from sppnet_lite.fast_rcnn import (
     BBOX_STDS,
     FastRCNN,
@@ -215,7 +216,7 @@ def test_an_interrupted_training_resumes_where_it_stopped(tiny_voc, tmp_path, fa
         _pipeline(tiny_voc, tmp_path / "cut", iterations=12, checkpoint_seconds=0).network()
     monkeypatch.setattr(frt, "multitask_loss", real)
     resumed_pipe = _pipeline(tiny_voc, tmp_path / "cut", iterations=12, checkpoint_seconds=0)
-    assert frt.load_arrays(resumed_pipe.checkpoint_path())[1]["iteration"] == 7
+    assert load_arrays(resumed_pipe.checkpoint_path())[1]["iteration"] == 7
     resumed, history = resumed_pipe.network()
     assert len(history["loss"]) == 12
     for name, value in whole.state_dict().items():

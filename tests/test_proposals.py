@@ -184,3 +184,16 @@ def test_recall_without_proposals():
     result = proposal_recall([np.zeros((0, 4), np.float32)], gts, counts=(5,))
     assert result["recall"][0.5] == [0.0]
     assert result["num_objects"] == 1 and result["best_iou"].tolist() == [0.0]
+
+
+def test_recall_by_size_splits_the_objects_by_their_side():
+    from sppnet_lite.proposals import recall_by_size
+
+    gts = [np.array([[0, 0, 20, 20], [0, 0, 100, 100]], np.float32),  # sides 20 and 100
+           np.array([[10, 10, 50, 50]], np.float32)]                     # side 40
+    props = [np.array([[0, 0, 100, 100], [300, 300, 320, 320]], np.float32),  # finds the large one only
+             np.array([[10, 10, 50, 52]], np.float32)]                          # finds the medium one
+    rows = recall_by_size(props, gts, bins=((0, 32), (32, 64), (64, 128), (128, 1000)))
+    assert [r["objects"] for r in rows] == [1, 1, 1, 0]
+    assert [r["recall"][0.5] for r in rows[:3]] == [0.0, 1.0, 1.0]
+    assert np.isnan(rows[3]["recall"][0.5])
