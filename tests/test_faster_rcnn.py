@@ -125,3 +125,26 @@ def test_an_interrupted_rpn_training_resumes_where_it_stopped(tiny_voc, tmp_path
     assert len(history["loss"]) == 12
     for name, value in whole.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value, msg=name)
+
+
+def test_the_command_line_trains_faster_rcnn_and_detects_without_selective_search(
+        tiny_voc, tmp_path, fast, monkeypatch):
+    import json
+
+    from sppnet_lite import cli
+    from sppnet_lite import proposals as selective
+
+    run = tmp_path / "run"
+    monkeypatch.setenv("SPPNET_DEVICE", "cpu")
+    assert cli.main(["train", "--method", "faster-rcnn", "--data", str(tiny_voc), "--out", str(run),
+                     "--quick", "--scales", "160", "--iterations", "20"]) == 0
+    assert json.loads((run / "config.json").read_text())["method"] == "faster-rcnn"
+    monkeypatch.setattr(selective, "selective_search",
+                        lambda *a, **k: pytest.fail("Faster R-CNN ran selective search"))
+    images = sorted((tiny_voc / "JPEGImages").glob("test_*.jpg"))[:2]
+    out = tmp_path / "found.json"
+    assert cli.main(["detect", "--run", str(run), *map(str, images), "--out", str(out),
+                     "--score-threshold", "0"]) == 0
+    assert json.loads(out.read_text())
+    assert cli.main(["evaluate", "--run", str(run), "--data", str(tiny_voc), "--split", "test"]) == 0
+    assert json.loads((run / "evaluation_test.json").read_text())["images"] == 8
