@@ -170,7 +170,7 @@ def cmd_train(args) -> int:
         pipeline = FastRCNNPipeline(args.data, args.out, args.quick, device, settings)
         inputs = pipeline.inputs
         if args.method == "faster-rcnn":
-            from .faster_rcnn import FasterRCNNConfig, FasterRCNNPipeline
+            from .faster_rcnn_training import FasterRCNNConfig, FasterRCNNPipeline
 
             pipeline = FasterRCNNPipeline(pipeline, args.out, FasterRCNNConfig.default(
                 args.quick, checkpoint_seconds=args.checkpoint_seconds))

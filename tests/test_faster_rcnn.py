@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from sppnet_lite.boxes import box_iou
-from sppnet_lite.faster_rcnn import FasterRCNNConfig, FasterRCNNDetector, FasterRCNNPipeline
+from sppnet_lite.faster_rcnn import FasterRCNNDetector
+from sppnet_lite.faster_rcnn_training import FasterRCNNConfig, FasterRCNNPipeline
 
 
 def _pipeline(data, run, **changes):
@@ -82,7 +83,7 @@ def test_an_rpn_trained_on_one_image_ranks_its_objects_anchors_first(tiny_voc, t
     from sklearn.metrics import roc_auc_score
 
     from sppnet_lite.backbone import ZFLite
-    from sppnet_lite.faster_rcnn import conv_map, train_rpn
+    from sppnet_lite.faster_rcnn_training import conv_map, train_rpn
     from sppnet_lite.voc import Subset, VOCDataset
 
     torch.manual_seed(0)
@@ -105,7 +106,7 @@ def test_an_rpn_trained_on_one_image_ranks_its_objects_anchors_first(tiny_voc, t
 
 
 def test_an_interrupted_rpn_training_resumes_where_it_stopped(tiny_voc, tmp_path, fast, monkeypatch):
-    from sppnet_lite import faster_rcnn
+    from sppnet_lite import faster_rcnn_training as faster_rcnn
 
     whole = _pipeline(tiny_voc, tmp_path / "whole", rpn_iterations=12).rpn()[0]
     calls = {"n": 0}
