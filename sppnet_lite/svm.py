@@ -6,7 +6,15 @@ too many negatives to train on at once, so training starts from a random sample
 and then, for a few rounds, scores the whole negative pool chunk by chunk and
 adds the "hard" ones (inside the margin, score > -1) to a cache of bounded
 size, dropping the easiest cached negatives when it is full.
-Taught in chapter 08.
+
+Each SVM minimises ½‖w‖² + ½(b/10)² + C·Σᵢ cᵢ·max(0, 1 − yᵢ(w·s·xᵢ + b)), with
+yᵢ = ±1, cᵢ = ``positive_weight`` for positives and 1 for negatives, and s the
+factor that gives the training vectors a mean L2 norm of 20: scikit-learn's
+``LinearSVC(loss="hinge", dual=True)``, i.e. liblinear's dual coordinate descent
+(solver 3), with the bias as an extra constant feature of value 10
+(``intercept_scaling``). These are R-CNN's settings (``-w1 2 -c 1e-3 -s 3 -B 10``).
+Unlike the SPP-net paper (Sec. 4.1), negatives that overlap another negative by
+more than 70 % are kept. Taught in chapter 08.
 """
 
 from __future__ import annotations
@@ -64,10 +72,12 @@ def train_svms(vectors, positives, negatives, C: float = 1e-3, positive_weight: 
     Round 0 trains on all positives and ``initial_negatives`` random negatives; each
     later round scores every negative of the pool and adds those with score >
     ``hard_threshold`` to the cache, which never holds more than ``cache_size``
-    negatives (the easiest are evicted). ``C``, ``positive_weight`` and the bias
-    handling follow the R-CNN code. ``history`` records, per class and round,
-    the cache size, the hard negatives found and the training accuracy.
-    Taught in chapter 08.
+    negatives (the easiest, by the scores of the SVM that mined them, are evicted); a round that
+    finds no new hard negative ends the mining, and the last round only retrains.
+    ``C``, ``positive_weight`` and the bias handling follow the R-CNN code (see the
+    module docstring for the objective). ``history`` records, per class and
+    training, the round, the cache size after its mining, the hard negatives it added
+    (0 for the last round) and the training accuracy. Taught in chapter 08.
     """
     from tqdm.auto import tqdm
 

@@ -6,8 +6,11 @@
 * ``spp``: resize the shorter side to ``size`` keeping the aspect ratio, the whole
   image goes through the trunk, an SPP layer turns the conv5 map of any size into
   a fixed-length vector, same FC head. ``spp`` trains at one size; ``spp-multi``
-  alternates two sizes epoch by epoch (the paper's 224/180 multi-size training,
-  here 96/72: the same 0.8 ratio, rounded to the stride).
+  alternates two sizes epoch by epoch, after the paper's multi-size training: the
+  shorter side is 96 px in even epochs and 72 px in odd ones, the longer side in
+  proportion. (The paper alternates 224×224 crops and the same crops resized to
+  180×180, a ratio of 0.80; ours is 0.75, and 72 is not a multiple of the 16-px
+  stride: conv5 is 5 cells high at 72 px, 6 at 96.)
 
 The FC heads are identical: the fixed-size head max-pools the 6×6 conv5 map of a
 96×96 input into 3×3 bins; the SPP head pools {3, 2, 1} — on a 96×96 input its
@@ -114,7 +117,8 @@ def train_classifier(method: str, images: Sequence[np.ndarray], labels: np.ndarr
                      num_classes: int, trunk: nn.Module, epochs: int, sizes: Sequence[int],
                      batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
                      device: torch.device | str = "cpu", progress: bool = True,
-                     levels: Sequence[int] | None = None) -> Classifier:
+                     levels: Sequence[int] | None = None, history: list | None = None
+                     ) -> Classifier:
     """Fine-tune ``trunk`` (a copy is not made: pass a fresh one) + a new head.
 
     ``images``: RGB uint8 ``(H, W, 3)`` of any size; ``labels``: int64 ``(N,)``. ``sizes``
@@ -125,7 +129,9 @@ def train_classifier(method: str, images: Sequence[np.ndarray], labels: np.ndarr
     input (``"crop"`` with ``(4, 3, 2, 1)``: 96×96 crops, a 30-bin pyramid). AdamW, cosine
     LR, horizontal flips. Head initialisation, batch order, flips and dropout all follow
     ``seed`` (the global random state is left as it was), so equal inputs give equal
-    weights. Returns the classifier in eval mode. Taught in chapter 04.
+    weights. ``history``: a list to which every optimisation step appends ``{"epoch",
+    "size", "shape": (images, height, width) of its batch, "loss": float}``, in order.
+    Returns the classifier in eval mode. Taught in chapter 04.
     """
     from tqdm.auto import tqdm
 
@@ -161,6 +167,9 @@ def train_classifier(method: str, images: Sequence[np.ndarray], labels: np.ndarr
                 loss.backward()
                 opt.step()
                 sched.step()
+                if history is not None:
+                    history.append({"epoch": epoch, "size": size, "shape": batch.shape[:3],
+                                    "loss": loss.item()})
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, size=size, loss=f"{loss.item():.3f}")
     bar.close()

@@ -24,11 +24,12 @@ def show_image(ax, image: np.ndarray, title: str | None = None) -> None:
 
 def draw_boxes(ax, boxes, labels: Sequence[int] | None = None, scores: Sequence[float] | None = None,
                class_names: Sequence[str] | None = None, color: str | None = None,
-               linewidth: float = 1.5, linestyle: str = "-") -> None:
+               linewidth: float = 1.5, linestyle: str = "-", captions: bool = True) -> None:
     """Draw ``(K, 4)`` x1y1x2y2 pixel boxes on ``ax``, optionally captioned.
 
     ``labels`` index ``class_names`` (and pick the colour unless ``color`` is
-    given); ``scores`` are appended to the caption.
+    given); ``scores`` are appended to the caption. ``captions=False`` draws the
+    rectangles only (many overlapping boxes, e.g. chapter 10's before-NMS panel).
     """
     from matplotlib import patches
 
@@ -43,7 +44,7 @@ def draw_boxes(ax, boxes, labels: Sequence[int] | None = None, scores: Sequence[
             caption.append(class_names[label] if class_names is not None else str(label))
         if scores is not None:
             caption.append(f"{float(scores[k]):.2f}")
-        if caption:
+        if caption and captions:
             ax.text(x1, y1, " ".join(caption), fontsize=7, color="white", va="bottom",
                     bbox={"facecolor": edge, "alpha": 0.8, "pad": 1, "edgecolor": "none"})
 
@@ -148,3 +149,43 @@ def plot_accuracy_by_bin(ax, results: dict, key: str = "by_scale", xlabel: str =
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+
+
+def plot_stage_times(ax, rows: dict[str, dict[str, float]], stages: Sequence[str] | None = None,
+                     xlabel: str = "seconds per image",
+                     colors: Sequence[str] | None = None) -> dict[str, float]:
+    """Stacked horizontal bars of where each method's time goes, one bar per row.
+
+    ``rows`` maps a method's name to its seconds per image in each stage (e.g. a
+    detector's ``last_timing``, or :func:`sppnet_lite.evaluate.evaluate_detector`'s
+    ``timing``); ``stages`` picks and orders the stages drawn (default: the first
+    row's keys), each in its own colour (``colors``, default :data:`PALETTE`), with
+    a legend. Keys of a row not in ``stages`` are left out. The first row is drawn at
+    the top, and each bar's total (the sum of its drawn stages) is written at its end.
+    Returns ``{name: total seconds}``. Taught in chapter 10 (R-CNN vs SPP-net) and
+    used in chapter 12 (four detector generations).
+    """
+    if not rows:
+        raise ValueError("rows is empty; expected at least one {name: {stage: seconds}} entry")
+    stages = list(next(iter(rows.values())) if stages is None else stages)
+    colors = list(colors or PALETTE)
+    for name, row in rows.items():
+        missing = [s for s in stages if s not in row]
+        if missing:
+            raise ValueError(f"rows[{name!r}] has no time for stages {missing}; expected every "
+                             f"stage of {stages}")
+    names = list(rows)
+    y = np.arange(len(names))
+    left = np.zeros(len(names))
+    for k, stage in enumerate(stages):
+        widths = np.array([float(rows[name][stage]) for name in names])
+        ax.barh(y, widths, left=left, color=colors[k % len(colors)], label=stage)
+        left += widths
+    for j, total in enumerate(left):
+        ax.text(total, j, f" {total:.3g} s", va="center", fontsize=8)
+    ax.set_yticks(y, names)
+    ax.set_ylim(len(names) - 0.5, -0.5)  # first row on top
+    ax.set_xlim(0, 1.15 * left.max() if left.max() > 0 else 1)  # room for the totals
+    ax.set_xlabel(xlabel)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return dict(zip(names, left.tolist()))

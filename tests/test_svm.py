@@ -57,6 +57,36 @@ def test_mined_svm_matches_svm_trained_on_everything():
         assert agree > 0.99
 
 
+def test_one_round_of_mining_by_hand_equals_train_svms():
+    """Chapter 08's check: the round written out (R-CNN's solver settings, score the pool,
+    add the margin violators, keep the hardest ``cache_size``, retrain) is ``rounds=1``."""
+    x, pos, neg = make_pool(seed=2)
+    k, scale = 1, norm_scale(x)
+    pos_idx, pool = np.flatnonzero(pos[:, k]), np.flatnonzero(neg[:, k])
+
+    def fit(cache):
+        rows = np.concatenate([x[pos_idx], x[cache]]) * scale
+        y = np.r_[np.ones(len(pos_idx), np.int64), np.zeros(len(cache), np.int64)]
+        svm = LinearSVC(C=0.01, class_weight={1: 2.0, 0: 1.0}, intercept_scaling=10.0,
+                        loss="hinge", dual=True, max_iter=5000, random_state=0).fit(rows, y)
+        return svm.coef_[0].astype(np.float32), np.float32(svm.intercept_[0])
+
+    cache = np.sort(np.random.default_rng(0).choice(pool, size=100, replace=False))
+    w, b = fit(cache)
+    fresh = np.setdiff1d(pool[x[pool] @ (w * scale) + b > -1], cache)
+    cache = np.union1d(cache, fresh)
+    assert len(cache) > 120  # the eviction below is exercised
+    cache = np.sort(cache[np.argsort(-(x[cache] @ (w * scale) + b))[:120]])
+    w, b = fit(cache)
+
+    svms = train_svms(x, pos[:, [k]], neg[:, [k]], C=0.01, rounds=1, initial_negatives=100,
+                      cache_size=120, progress=False)
+    assert [(h["round"], h["new_hard"], h["cache"]) for h in svms.history] == [
+        (0, len(fresh), 120), (1, 0, 120)]
+    np.testing.assert_allclose(svms.weights[0], w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(svms.bias[0], b, rtol=1e-5, atol=1e-6)
+
+
 def test_feature_scale_and_round_trip():
     x, pos, neg = make_pool(n_neg=300)
     svms = train_svms(x, pos, neg, rounds=1, progress=False)

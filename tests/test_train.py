@@ -56,6 +56,26 @@ def test_train_and_predict_tiny(method):
     assert pred.shape == (8,) and pred.dtype == np.int64 and set(pred) <= {0, 1, 2}
 
 
+def test_history_records_every_step_and_the_epochwise_size_switch():
+    images = [image(48 + 8 * (i % 3), 64 + 16 * (i % 2)) for i in range(8)]
+    labels = np.arange(8, dtype=np.int64) % 3
+    args = ("spp-multi", images, labels, 3)
+    kwargs = {"epochs": 3, "sizes": [48, 32], "batch_size": 3, "progress": False}
+    history = []
+    net = train.train_classifier(*args, small_trunk(), **kwargs, history=history)
+    plain = train.train_classifier(*args, small_trunk(), **kwargs)
+    torch.testing.assert_close(net.state_dict(), plain.state_dict(), rtol=0, atol=0)
+    assert [h["epoch"] for h in history] == sorted(h["epoch"] for h in history)
+    for epoch in range(3):
+        steps = [h for h in history if h["epoch"] == epoch]
+        assert {h["size"] for h in steps} == {[48, 32][epoch % 2]}
+        assert sum(h["shape"][0] for h in steps) == len(images)  # every image once per epoch
+    for h in history:
+        count, height, width = h["shape"]
+        assert 1 <= count <= 3 and min(height, width) == h["size"]
+        assert isinstance(h["loss"], float) and np.isfinite(h["loss"])
+
+
 def test_train_rejects_two_sizes_for_fixed_methods():
     with pytest.raises(ValueError, match="one fixed size"):
         train.train_classifier("warp", [image(40, 40)], np.zeros(1, np.int64), 2,

@@ -1,6 +1,7 @@
 """The drawing helpers: what they put on the axes, checked against the inputs."""
 
 import numpy as np
+import pytest
 from matplotlib.figure import Figure
 
 from sppnet_lite import viz
@@ -19,6 +20,10 @@ def test_draw_boxes_one_rectangle_and_caption_per_box():
     assert [(r.get_x(), r.get_y(), r.get_width(), r.get_height()) for r in rects] == [
         (10, 20, 40, 40), (0, 0, 5, 5)]
     assert [t.get_text() for t in ax.texts] == ["dog 0.90", "cat 0.25"]
+    ax = axes()
+    viz.draw_boxes(ax, boxes, labels=[1, 0], class_names=("cat", "dog"), captions=False)
+    assert len(ax.patches) == len(boxes) and not ax.texts
+    assert ax.patches[0].get_edgecolor() != ax.patches[1].get_edgecolor()  # still coloured by class
     ax = axes()
     viz.draw_boxes(ax, np.zeros((0, 4)))
     assert not ax.patches and not ax.texts
@@ -48,3 +53,30 @@ def test_dataset_statistics_figure_and_accuracy_curves():
                                                                   "accuracy": [0.8, 1.0]}}}}
     viz.plot_accuracy_by_bin(ax, results, xlabel="scale")
     assert ax.lines[0].get_ydata().tolist() == [0.8, 1.0] and "90.0%" in ax.get_legend_handles_labels()[1][0]
+
+
+def test_plot_stage_times_stacks_one_bar_per_stage_and_row():
+    ax = axes()
+    rows = {"R-CNN": {"conv": 0.6, "pool": 0.01, "fc": 0.03, "proposals": 0.5},
+            "SPP-net": {"conv": 0.05, "pool": 0.04, "fc": 0.03, "proposals": 0.5}}
+    totals = viz.plot_stage_times(ax, rows, ("conv", "pool", "fc"))
+    assert list(totals) == ["R-CNN", "SPP-net"] and np.allclose(list(totals.values()), [0.64, 0.12])
+    bars = ax.patches
+    assert len(bars) == len(rows) * 3  # "proposals" is not among the stages drawn
+    # stage by stage, each row's segment starts where the previous stage ended
+    lefts = [b.get_x() for b in bars]
+    assert np.allclose(lefts, [0, 0, 0.6, 0.05, 0.61, 0.09])
+    assert len({b.get_facecolor() for b in bars}) == 3  # one colour per stage, shared by the rows
+    assert ax.get_legend_handles_labels()[1] == ["conv", "pool", "fc"]
+    assert [t.get_text() for t in ax.texts] == [" 0.64 s", " 0.12 s"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["R-CNN", "SPP-net"]
+    assert ax.get_ylim()[0] > ax.get_ylim()[1]  # the first row is drawn on top
+    # default stages: the first row's keys
+    ax = axes()
+    assert viz.plot_stage_times(ax, {"a": {"x": 1.0, "y": 2.0}}) == {"a": 3.0}
+    assert ax.get_legend_handles_labels()[1] == ["x", "y"]
+
+
+def test_plot_stage_times_names_a_missing_stage():
+    with pytest.raises(ValueError, match="'SPP-net'.*'nms'"):
+        viz.plot_stage_times(axes(), {"SPP-net": {"conv": 0.1}}, ("conv", "nms"))
