@@ -72,7 +72,8 @@ class FasterRCNNConfig:
     from 0.941 to 0.958 in our experiment); proposals: the ``pre_nms_top`` best anchors, NMS at
     ``proposal_nms_iou``, boxes under ``min_size`` input px dropped, ``train_proposals``
     per image to train step 4 on and ``test_proposals`` at test; ``head_iterations`` and
-    ``head_lr`` for step 4."""
+    ``head_lr`` for step 4 (chapter 11's own schedule for its head: with 400 iterations at 3e-4,
+    test mAP on RPN-300 was 0.722 in our experiment)."""
 
     scale: int | None = None
     sizes: tuple = ANCHOR_SIZES
@@ -90,8 +91,8 @@ class FasterRCNNConfig:
     min_size: float = 4.0
     train_proposals: int = 2000
     test_proposals: int = 300
-    head_iterations: int = 400
-    head_lr: float = 3e-4
+    head_iterations: int = 1600
+    head_lr: float = 1e-3
     seed: int = 0
     checkpoint_seconds: float = 60.0
 
