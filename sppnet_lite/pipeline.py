@@ -431,8 +431,10 @@ class Pipeline:
             print(f"sppnet-lite: {message}", flush=True)
 
 
-def default_pipeline(quick: bool | None = None, progress: bool = True, **changes) -> Pipeline:
-    """The book's pipeline: the generated SynthVOC set, stages cached under ``build/cache/runs``.
+def default_pipeline(quick: bool | None = None, progress: bool = True, data_dir=None,
+                     **changes) -> Pipeline:
+    """The book's pipeline: the generated SynthVOC set (or ``data_dir``), stages cached under
+    ``build/cache/runs``, ``changes`` to :class:`PipelineConfig`'s defaults.
 
     Its stored windows go to ``build/cache/windows``, shared by every ``changes`` that
     leaves the trunk, the extractor and the window sampling alone (e.g. ``iterations``)."""
@@ -441,7 +443,9 @@ def default_pipeline(quick: bool | None = None, progress: bool = True, **changes
 
     quick = book_config.QUICK if quick is None else bool(quick)
     cfg = PipelineConfig.default(quick, **changes)
-    name = config_hash({"quick": quick, **asdict(cfg)})
-    return Pipeline(ensure_dataset(quick), book_config.CACHE_DIR / "runs" / name, quick, "auto", cfg,
+    other_data = {} if data_dir is None else {"data": str(data_dir)}
+    name = config_hash({"quick": quick, **other_data, **asdict(cfg)})
+    data_dir = Path(data_dir) if data_dir is not None else ensure_dataset(quick)
+    return Pipeline(data_dir, book_config.CACHE_DIR / "runs" / name, quick, "auto", cfg,
                     progress, windows_dir=book_config.CACHE_DIR / "windows")
 

@@ -208,7 +208,7 @@ def experiment_config(quick: bool | None = None) -> dict:
     """Settings of chapter 04's comparison (quick mode: fewer images and epochs)."""
     quick = config.QUICK if quick is None else bool(quick)
     return {"train_images": 1000 if quick else 3000, "test_images": 400 if quick else 1200,
-            "epochs": 8 if quick else 12, "size": 96, "multi_sizes": [96, 72],
+            "epochs": 4 if quick else 12, "size": 96, "multi_sizes": [96, 72],
             "batch_size": 32, "lr": 1e-3, "seed": 0, "side": [64, 192],
             "scale": [0.25, 0.9]}
 
@@ -230,13 +230,14 @@ def experiment_images(split: str, quick: bool | None = None):
 def ensure_classifier(method: str, quick: bool | None = None,
                       levels: Sequence[int] | None = None,
                       device: torch.device | str | None = None,
-                      progress: bool = True) -> tuple[Classifier, float]:
+                      progress: bool = True, seed: int | None = None) -> tuple[Classifier, float]:
     """Chapter 04's ``method`` network, trained once: ``(net, train_seconds)``, the net on the
     CPU in eval mode.
 
     The pretrained ZFLite (:func:`sppnet_lite.pretrain.ensure_pretrained`) fine-tuned by
     :func:`train_classifier` on ``experiment_images("train")`` with
-    :func:`experiment_config`'s settings and seed; ``levels`` as there (``None``: the
+    :func:`experiment_config`'s settings and seed (or ``seed``: the same images, another
+    initialisation, batch order and dropout); ``levels`` as there (``None``: the
     method's own head). The weights are saved atomically under ``config.CACHE_DIR /
     "classifiers" / "<name>-<hash>.npz"``, the hash covering those settings, ``method``,
     ``levels`` and the trunk's checkpoint hash, with the training's seconds; a later call
@@ -251,6 +252,8 @@ def ensure_classifier(method: str, quick: bool | None = None,
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
     levels = None if levels is None else check_levels(levels)
     cfg = experiment_config(quick)
+    if seed is not None:
+        cfg = {**cfg, "seed": int(seed)}
     pretrained = ensure_pretrained(quick=quick, device="cpu", progress=progress)
     spec = {"method": method, "levels": None if levels is None else list(levels),
             "experiment": cfg, "trunk": pretrained.checkpoint_hash}
@@ -280,11 +283,13 @@ def ensure_classifier(method: str, quick: bool | None = None,
 
 
 def compare_methods(quick: bool | None = None, methods: Sequence[str] = METHODS,
-                    device: torch.device | str | None = None, progress: bool = True) -> dict:
+                    device: torch.device | str | None = None, progress: bool = True,
+                    seed: int | None = None) -> dict:
     """Train and test every method on one generated single-object split.
 
     Each method fine-tunes a fresh copy of the pretrained ZFLite
-    (:func:`sppnet_lite.pretrain.ensure_pretrained`) with the same seed, once
+    (:func:`sppnet_lite.pretrain.ensure_pretrained`) with the same seed (``seed``, default
+    :func:`experiment_config`'s), once
     (:func:`ensure_classifier`: a later call, or a later experiment, reuses the network).
     Returns ``{"config", "methods": {name: {"accuracy", "train_seconds", "sizes",
     "by_scale", "by_aspect"}}, "test_scale", "test_aspect"}`` plus per-method
@@ -293,6 +298,8 @@ def compare_methods(quick: bool | None = None, methods: Sequence[str] = METHODS,
     from .pretrain import ensure_pretrained
 
     cfg = experiment_config(quick)
+    if seed is not None:
+        cfg = {**cfg, "seed": int(seed)}
     device = config.get_device() if device is None else torch.device(device)
     test = experiment_images("test", quick)
     pretrained = ensure_pretrained(quick=quick, device="cpu", progress=progress)
@@ -301,7 +308,8 @@ def compare_methods(quick: bool | None = None, methods: Sequence[str] = METHODS,
                "test_scale": test.scale.tolist(), "test_aspect": aspect.tolist(),
                "test_labels": test.labels.tolist()}
     for method in methods:
-        net, seconds = ensure_classifier(method, quick, device=device, progress=progress)
+        net, seconds = ensure_classifier(method, quick, device=device, progress=progress,
+                                         seed=cfg["seed"])
         pred = predict(net.to(device), method, test.images, cfg["size"], device=device)
         correct = pred == test.labels
         results["methods"][method] = {

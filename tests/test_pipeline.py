@@ -123,3 +123,17 @@ def test_a_stage_file_of_another_layout_is_recomputed_not_served(tiny_voc, tmp_p
     save_arrays(path, {"w:fc6.weight": np.zeros(3, np.float32)}, {"history": {}, "in_dim": 3})
     head, _ = make(tiny_voc, tmp_path / "run").head()
     assert head.fc6.weight.shape[1] > 3 and "w:fc6.weight" not in np.load(path).files
+
+
+def test_default_pipeline_on_another_folder_gets_its_own_run_folder(tiny_voc, photo_like_voc,
+                                                                     tmp_path, monkeypatch):
+    from sppnet_lite import config
+
+    monkeypatch.setattr(config, "CACHE_DIR", tmp_path)
+    one = pl.default_pipeline(quick=True, data_dir=tiny_voc, iterations=5)
+    same = pl.default_pipeline(quick=True, data_dir=tiny_voc, iterations=5)
+    other = pl.default_pipeline(quick=True, data_dir=photo_like_voc, iterations=5)
+    assert one.data_dir == tiny_voc and other.data_dir == photo_like_voc
+    assert one.run_dir == same.run_dir and one.run_dir.parent == tmp_path / "runs"
+    assert other.run_dir != one.run_dir
+    assert one.windows_dir == other.windows_dir == tmp_path / "windows"  # keyed by the data inside

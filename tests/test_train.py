@@ -220,6 +220,24 @@ def test_ensure_classifier_retrains_a_damaged_file_and_says_so(tmp_path, monkeyp
     assert calls == ["spp"]
 
 
+def test_another_seed_trains_another_network_and_the_default_seed_is_the_cached_one(
+        tmp_path, monkeypatch):
+    tiny = use_tiny_experiment(monkeypatch, tmp_path)
+    calls = count_training(monkeypatch)
+    default, _ = train.ensure_classifier("crop", progress=False)
+    same, _ = train.ensure_classifier("crop", progress=False, seed=tiny["seed"])
+    other, _ = train.ensure_classifier("crop", progress=False, seed=tiny["seed"] + 1)
+    assert len(calls) == 2 and len(list((tmp_path / "classifiers").glob("*.npz"))) == 2
+    torch.testing.assert_close(same.state_dict(), default.state_dict(), rtol=0, atol=0)
+    images = train.experiment_images("train")
+    direct = train.train_classifier("crop", images.images, images.labels, 6, small_trunk(),
+                                    tiny["epochs"], [tiny["size"]], tiny["batch_size"], tiny["lr"],
+                                    tiny["seed"] + 1, "cpu", False)
+    torch.testing.assert_close(other.state_dict(), direct.state_dict(), rtol=0, atol=0)
+    results = train.compare_methods(methods=("crop",), progress=False, seed=tiny["seed"] + 1)
+    assert len(calls) == 3 and results["config"]["seed"] == tiny["seed"] + 1  # the direct call only
+
+
 def test_the_experiments_share_one_training_per_network(tmp_path, monkeypatch):
     tiny = use_tiny_experiment(monkeypatch, tmp_path)
     calls = count_training(monkeypatch)
